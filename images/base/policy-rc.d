@@ -1,0 +1,3 @@
+#!/bin/sh
+# Package scripts must not start services inside image builds: no init runs there.
+exit 101

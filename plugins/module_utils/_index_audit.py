@@ -1,0 +1,396 @@
+# -*- coding: utf-8 -*-
+# Copyright: regwarden.registry contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Decide from disk what a distribution 2.8 registry would serve, per repository.
+
+Rules (measured on 2.8.2, see DESIGN.md): a manifest is served by digest when its
+revision link exists, or -- only when no revision link file exists -- its _layers link
+exists (the 2.8 linkPathFns fallback); an unreadable or garbage link answers 500; the
+blob data must exist. A blob is served when the repository's _layers link and the data
+exist.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+
+from ansible_collections.regwarden.registry.plugins.module_utils._manifest import (
+    MANIFEST_MAX_BYTES,
+    InvalidManifest,
+    parse_manifest,
+)
+from ansible_collections.regwarden.registry.plugins.module_utils._storage import (
+    EMPTY_SHA256,
+    LINK_INVALID,
+    LINK_MISSING,
+    LINK_OK,
+    BlobStore,
+    ScanErrors,
+    close_fd,
+    digest_of,
+    is_hex_digest,
+    iter_link_dirs,
+    iter_repositories,
+    open_dir,
+    read_link_at,
+    select_registries,
+)
+
+FINDING_KEYS = ("orphan_index_children", "broken_tags", "unservable_blobs", "invalid_manifests")
+DEFAULT_REGISTRIES = ("private",)
+
+
+def audit_indexes(path, registries=DEFAULT_REGISTRIES):
+    """Audit the registries under ``path``; see the registry_index_audit module for the result."""
+    result = {key: [] for key in FINDING_KEYS}
+    result["scan_errors"] = []
+    result["summary"] = {}
+    selected = select_registries(path, registries)
+    for name, v2_root in selected:
+        _audit_registry(name, v2_root, result)
+    result["registries"] = [name for name, _ in selected]
+    result["orphan_index_children"].sort(key=lambda f: (f["registry"], f["repo"], f["index_digest"],
+                                                        f["child_digest"]))
+    result["broken_tags"].sort(key=lambda f: (f["registry"], f["repo"], f["tag"]))
+    result["unservable_blobs"].sort(key=lambda f: (f["registry"], f["repo"], f["digest"]))
+    result["invalid_manifests"].sort(key=lambda f: (f["registry"], f["repo"], f["digest"]))
+    result["scan_errors"].sort(key=lambda f: (f["registry"], f["path"], f["error"]))
+    return result
+
+
+def count_findings(result):
+    return sum(len(result[key]) for key in FINDING_KEYS)
+
+
+class _ManifestCache:
+    """Each manifest blob of a registry read and parsed at most once."""
+
+    GONE = "gone"
+
+    def __init__(self, blobs):
+        self.blobs = blobs
+        self._parsed = {}
+
+    def get(self, hex_digest):
+        """A Manifest, an InvalidManifest, or GONE when the blob data is not there."""
+        parsed = self._parsed.get(hex_digest)
+        if parsed is None:
+            parsed = self._load(hex_digest)
+            self._parsed[hex_digest] = parsed
+        return parsed
+
+    def _load(self, hex_digest):
+        size = self.blobs.size(hex_digest)
+        if size < 0:
+            return self.GONE
+        if size > MANIFEST_MAX_BYTES:
+            return InvalidManifest("manifest is larger than %d bytes (%d)" % (MANIFEST_MAX_BYTES, size))
+        try:
+            content = self.blobs.read(hex_digest, MANIFEST_MAX_BYTES)
+        except (FileNotFoundError, NotADirectoryError):
+            return self.GONE
+        except OSError as exc:
+            return InvalidManifest("manifest blob unreadable: %s" % (exc.strerror or exc))
+        try:
+            return parse_manifest(content)
+        except InvalidManifest as exc:
+            return exc
+
+
+class _Repository:
+    """Link state of one repository, read lazily and at most once per link."""
+
+    def __init__(self, path):
+        self.path = path
+        self.revisions_dir = os.path.join(path, "_manifests", "revisions", "sha256")
+        self.layers_dir = os.path.join(path, "_layers", "sha256")
+        self.revisions = {}  # hex -> (state, reason) for every revision dir with a link file
+        self._layers_fd = open_dir(self.layers_dir)
+        self._layer_links = {}
+
+    def close(self):
+        close_fd(self._layers_fd)
+        self._layers_fd = None
+
+    def load_revisions(self):
+        dir_fd = open_dir(self.revisions_dir)
+        if dir_fd is None:
+            return
+        try:
+            for entry, is_dir, _is_link in iter_link_dirs(dir_fd):
+                if not is_dir or not is_hex_digest(entry):
+                    continue  # reported by the blob scan; the registry cannot address it
+                state, _target, reason = read_link_at(dir_fd, entry + "/link", entry)
+                if state != LINK_MISSING:
+                    self.revisions[entry] = (state, reason)
+        finally:
+            close_fd(dir_fd)
+
+    def revision_state(self, hex_digest):
+        return self.revisions.get(hex_digest, (LINK_MISSING, None))
+
+    def layer_state(self, hex_digest):
+        state = self._layer_links.get(hex_digest)
+        if state is None:
+            if self._layers_fd is None:
+                state = (LINK_MISSING, None)
+            else:
+                link_state, _target, reason = read_link_at(self._layers_fd, hex_digest + "/link", hex_digest)
+                state = (link_state, reason)
+            self._layer_links[hex_digest] = state
+        return state
+
+    def revision_path(self, hex_digest):
+        return os.path.join(self.revisions_dir, hex_digest, "link")
+
+    def layer_path(self, hex_digest):
+        return os.path.join(self.layers_dir, hex_digest, "link")
+
+
+class _Servability:
+    """Why a manifest is (not) served by digest in one repository."""
+
+    __slots__ = ("servable", "revision_link", "layer_link_fallback", "blob_data", "manifest", "reason")
+
+    def __init__(self, servable, revision_link, layer_link_fallback, blob_data, manifest, reason):
+        self.servable = servable
+        self.revision_link = revision_link
+        self.layer_link_fallback = layer_link_fallback
+        self.blob_data = blob_data
+        self.manifest = manifest
+        self.reason = reason
+
+
+def _manifest_servability(repo, cache, hex_digest):
+    revision_state, revision_reason = repo.revision_state(hex_digest)
+    layer_state = LINK_MISSING
+    link_reason = None
+    if revision_state == LINK_OK:
+        linked = True
+    elif revision_state == LINK_INVALID:
+        linked = False
+        link_reason = "revision link invalid: %s" % revision_reason
+    else:
+        layer_state, layer_reason = repo.layer_state(hex_digest)
+        linked = layer_state == LINK_OK
+        if layer_state == LINK_INVALID:
+            link_reason = "no revision link and the _layers link is invalid: %s" % layer_reason
+        elif not linked:
+            link_reason = "manifest has no revision link in the repository"
+    manifest = cache.get(hex_digest)
+    blob_data = "gone" if manifest is _ManifestCache.GONE else "present"
+    if not linked:
+        reason = link_reason
+    elif blob_data == "gone":
+        reason = "manifest blob data gone"
+    elif isinstance(manifest, InvalidManifest):
+        reason = "manifest content invalid: %s" % manifest
+    else:
+        reason = None
+    return _Servability(reason is None, revision_state, layer_state == LINK_OK, blob_data,
+                        manifest if reason is None else None, reason)
+
+
+def _audit_registry(name, v2_root, result):
+    errors = ScanErrors(name)
+    blobs = BlobStore(v2_root)
+    cache = _ManifestCache(blobs)
+    counts = {
+        "repositories": 0,
+        "manifests": 0,
+        "indexes": 0,
+        "tags": 0,
+        "orphan_index_children": 0,
+        "broken_tags": 0,
+        "unservable_blobs": 0,
+        "invalid_manifests": 0,
+    }
+    try:
+        for repo_name, repo_path in iter_repositories(v2_root, errors):
+            counts["repositories"] += 1
+            repo = _Repository(repo_path)
+            try:
+                _audit_repository(name, repo_name, repo, cache, blobs, result, counts, errors)
+            except OSError as exc:
+                errors.add(repo_path, "cannot audit repository: %s" % (exc.strerror or exc))
+            finally:
+                repo.close()
+    finally:
+        blobs.close()
+    result["summary"][name] = counts
+    result["scan_errors"].extend(errors.items)
+
+
+def _read_tags(repo_path, errors):
+    """{tag: (state, hex or None, reason, link path)} for every tag directory."""
+    tags_dir = os.path.join(repo_path, "_manifests", "tags")
+    dir_fd = open_dir(tags_dir)
+    tags = {}
+    if dir_fd is None:
+        return tags
+    try:
+        for tag, is_dir, is_link in iter_link_dirs(dir_fd):
+            link_path = os.path.join(tags_dir, tag, "current", "link")
+            if is_link:
+                errors.add(os.path.join(tags_dir, tag), "symlink not followed")
+                continue
+            if not is_dir:
+                continue
+            state, target, reason = read_link_at(dir_fd, tag + "/current/link", None)
+            tags[tag] = (state, target, reason, link_path)
+    finally:
+        close_fd(dir_fd)
+    return tags
+
+
+def _audit_repository(name, repo_name, repo, cache, blobs, result, counts, errors):
+    repo.load_revisions()
+    tags = _read_tags(repo.path, errors)
+    counts["tags"] += len(tags)
+    servability = {}
+
+    def servable(hex_digest):
+        known = servability.get(hex_digest)
+        if known is None:
+            known = _manifest_servability(repo, cache, hex_digest)
+            servability[hex_digest] = known
+        return known
+
+    tags_by_target = {}
+    for tag, (state, target, _reason, _path) in tags.items():
+        if state == LINK_OK:
+            tags_by_target.setdefault(target, set()).add(tag)
+
+    # Broken tags: a listed tag whose manifest the registry would not serve.
+    for tag in sorted(tags):
+        state, target, reason, link_path = tags[tag]
+        if state == LINK_MISSING:
+            reason = "tag has no current link"
+        elif state == LINK_OK:
+            reason = servable(target).reason
+        if reason is not None:
+            result["broken_tags"].append({
+                "registry": name,
+                "repo": repo_name,
+                "tag": tag,
+                "digest": digest_of(target) if target else None,
+                "path": link_path,
+                "reason": reason,
+            })
+            counts["broken_tags"] += 1
+
+    # Every index with a revision (tagged or not) and every tagged index.
+    candidates = {hex_digest for hex_digest, (state, _r) in repo.revisions.items() if state == LINK_OK}
+    counts["manifests"] += len(candidates)
+    candidates.update(tags_by_target)
+    invalid = set()
+    for hex_digest in sorted(candidates):
+        status = servable(hex_digest)
+        if status.manifest is None:
+            if status.blob_data == "present" and isinstance(cache.get(hex_digest), InvalidManifest):
+                invalid.add(hex_digest)
+            continue
+        if not status.manifest.is_index:
+            continue
+        counts["indexes"] += 1
+        index_tags = sorted(tags_by_target.get(hex_digest, ()))
+        for child_hex, platform, attestation in status.manifest.children:
+            child = servable(child_hex)
+            if child.servable:
+                continue
+            if child.blob_data == "present" and isinstance(cache.get(child_hex), InvalidManifest):
+                invalid.add(child_hex)
+            result["orphan_index_children"].append({
+                "registry": name,
+                "repo": repo_name,
+                "index_digest": digest_of(hex_digest),
+                "index_media_type": status.manifest.media_type,
+                "tags": index_tags,
+                "child_digest": digest_of(child_hex),
+                "platform": dict(platform),
+                "attestation": attestation,
+                "revision_link": child.revision_link,
+                "layer_link_fallback": child.layer_link_fallback,
+                "blob_data": child.blob_data,
+                "reason": child.reason,
+                "path": repo.revision_path(child_hex),
+            })
+            counts["orphan_index_children"] += 1
+
+    for hex_digest in sorted(invalid):
+        result["invalid_manifests"].append({
+            "registry": name,
+            "repo": repo_name,
+            "digest": digest_of(hex_digest),
+            "path": blobs.data_path(hex_digest),
+            "reason": str(cache.get(hex_digest)),
+        })
+        counts["invalid_manifests"] += 1
+
+    _audit_blobs(name, repo_name, repo, blobs, tags_by_target, servable, result, counts)
+
+
+def _audit_blobs(name, repo_name, repo, blobs, tags_by_target, servable, result, counts):
+    """Configs and layers of what a tag pulls (directly or as a child of a tagged index)."""
+    reached = {}  # manifest hex -> tags that pull it
+    for target in sorted(tags_by_target):
+        tags = tags_by_target[target]
+        stack = [target]
+        seen = set()
+        while stack:
+            hex_digest = stack.pop()
+            if hex_digest in seen:
+                continue
+            seen.add(hex_digest)
+            status = servable(hex_digest)
+            if not status.servable:
+                continue
+            reached.setdefault(hex_digest, set()).update(tags)
+            if status.manifest.is_index:
+                stack.extend(child for child, _platform, _att in status.manifest.children)
+
+    broken = {}
+    for manifest_hex in sorted(reached):
+        manifest = servable(manifest_hex).manifest
+        if manifest.is_index:
+            continue
+        for blob_hex, kind in manifest.blobs:
+            entry = broken.get(blob_hex)
+            if entry is None:
+                link_state, _reason = repo.layer_state(blob_hex)
+                size = blobs.size(blob_hex)
+                if size > 0 or (size == 0 and blob_hex == EMPTY_SHA256):
+                    blob_data = "present"
+                elif size == 0:
+                    blob_data = "empty"
+                else:
+                    blob_data = "gone"
+                if link_state == LINK_OK and blob_data == "present":
+                    broken[blob_hex] = False
+                    continue
+                entry = {
+                    "registry": name,
+                    "repo": repo_name,
+                    "digest": digest_of(blob_hex),
+                    "kind": kind,
+                    "manifests": set(),
+                    "tags": set(),
+                    "layer_link": link_state,
+                    "blob_data": blob_data,
+                    "path": repo.layer_path(blob_hex),
+                }
+                broken[blob_hex] = entry
+            elif entry is False:
+                continue
+            entry["manifests"].add(digest_of(manifest_hex))
+            entry["tags"].update(reached[manifest_hex])
+    for blob_hex in sorted(broken):
+        entry = broken[blob_hex]
+        if entry is False:
+            continue
+        entry["manifests"] = sorted(entry["manifests"])
+        entry["tags"] = sorted(entry["tags"])
+        result["unservable_blobs"].append(entry)
+        counts["unservable_blobs"] += 1
