@@ -1,14 +1,9 @@
-# -*- coding: utf-8 -*-
 # Copyright: regwarden.registry contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Blob-level storage scan: orphan layer links, invalid link files, zero-byte and corrupt blobs.
 
 Used by the registry_blob_scan module and by the scanner CLI on the registry VM.
 """
-
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
 
 import errno
 import hashlib

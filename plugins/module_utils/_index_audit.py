@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: regwarden.registry contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Decide from disk what a distribution 2.8 registry would serve, per repository.
@@ -9,10 +8,6 @@ exists (the 2.8 linkPathFns fallback); an unreadable or garbage link answers 500
 blob data must exist. A blob is served when the repository's _layers link and the data
 exist.
 """
-
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
 
 import os
 
@@ -152,7 +147,7 @@ class _Repository:
 class _Servability:
     """Why a manifest is (not) served by digest in one repository."""
 
-    __slots__ = ("servable", "revision_link", "layer_link_fallback", "blob_data", "manifest", "reason")
+    __slots__ = ("blob_data", "layer_link_fallback", "manifest", "reason", "revision_link", "servable")
 
     def __init__(self, servable, revision_link, layer_link_fallback, blob_data, manifest, reason):
         self.servable = servable

@@ -1,11 +1,6 @@
-# -*- coding: utf-8 -*-
 # Copyright: regwarden.registry contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Manifest parsing the way distribution 2.8's manifest store dispatches on media type."""
-
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
 
 import json
 import re
@@ -32,7 +27,7 @@ class InvalidManifest(Exception):
 class Manifest:
     """What the audit needs of a manifest: its kind, children (indexes) and blobs (images)."""
 
-    __slots__ = ("kind", "media_type", "children", "blobs")
+    __slots__ = ("blobs", "children", "kind", "media_type")
 
     def __init__(self, kind, media_type, children=(), blobs=()):
         self.kind = kind  # "index" or "image"
@@ -54,7 +49,7 @@ def parse_manifest(content):
     try:
         doc = json.loads(content)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidManifest("manifest is not valid JSON (truncated?): %s" % exc)
+        raise InvalidManifest("manifest is not valid JSON (truncated?): %s" % exc) from None
     if not isinstance(doc, dict):
         raise InvalidManifest("manifest is not a JSON object")
     version = doc.get("schemaVersion")

@@ -1,11 +1,6 @@
-# -*- coding: utf-8 -*-
 # Copyright: regwarden.registry contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """How every regwarden module hands its result back to Ansible."""
-
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
 
 import copy
 

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: regwarden.registry contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Scheduled storage scan on the registry VM: the modules' own code, run without Ansible.
@@ -10,10 +9,6 @@
 
 Exit status: 0 clean, 1 findings present, 2 the scan could not run.
 """
-
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
 
 import argparse
 import json

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: regwarden.registry contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Read-only access to a distribution registry's filesystem storage.
@@ -8,10 +7,6 @@ scanner CLI on the registry VM. Symlinks are never followed: every open and stat
 relative to a directory descriptor with O_NOFOLLOW / follow_symlinks=False, and
 entries are classified from their d_type before anything is opened.
 """
-
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
 
 import errno
 import os
@@ -77,9 +72,9 @@ def find_registries(path):
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        raise ScanError("path %s does not exist" % path)
+        raise ScanError("path %s does not exist" % path) from None
     except OSError as exc:
-        raise ScanError("cannot read path %s: %s" % (path, exc.strerror))
+        raise ScanError("cannot read path %s: %s" % (path, exc.strerror)) from None
     if stat.S_ISLNK(st.st_mode):
         raise ScanError("path %s is a symlink; give the real directory (symlinks are never followed)" % path)
     if not stat.S_ISDIR(st.st_mode):
@@ -89,7 +84,7 @@ def find_registries(path):
     try:
         names = sorted(os.listdir(path))
     except OSError as exc:
-        raise ScanError("cannot list path %s: %s" % (path, exc.strerror))
+        raise ScanError("cannot list path %s: %s" % (path, exc.strerror)) from None
     found = []
     for name in names:
         base = os.path.join(path, name)
