@@ -11,13 +11,13 @@ import os
 import stat
 
 from ansible_collections.regwarden.registry.plugins.module_utils._storage import (
-    BLOB_MISSING,
-    BLOB_NOT_REGULAR,
+    BLOB_GONE_STATES,
     BLOB_UNREADABLE,
     EMPTY_SHA256,
     LINK_INVALID,
     LINK_MISSING,
     BlobStore,
+    ScanError,
     ScanErrors,
     classify_link_content,
     close_fd,
@@ -25,15 +25,16 @@ from ansible_collections.regwarden.registry.plugins.module_utils._storage import
     is_hex_digest,
     iter_link_dirs,
     iter_repositories,
-    open_dir,
+    open_registry,
+    open_subdir,
     read_link_at,
     select_registries,
 )
 
-# (kind, directory of link dirs relative to the repository)
+# (kind, path of the link directories inside a repository)
 LINK_KINDS = (
-    ("layer", os.path.join("_layers", "sha256")),
-    ("revision", os.path.join("_manifests", "revisions", "sha256")),
+    ("layer", ("_layers", "sha256")),
+    ("revision", ("_manifests", "revisions", "sha256")),
 )
 HASH_CHUNK = 1 << 20
 
@@ -71,7 +72,6 @@ def count_findings(result):
 
 def _scan_registry(name, v2_root, result, remove_orphans, verify_digests, check_mode):
     errors = ScanErrors(name)
-    blobs = BlobStore(v2_root)
     counts = {
         "repositories": 0,
         "layer_links": 0,
@@ -85,12 +85,21 @@ def _scan_registry(name, v2_root, result, remove_orphans, verify_digests, check_
         "removed_links": 0,
     }
     zero_byte = {}
+    v2_fd = open_registry(v2_root)
+    blobs = None
     try:
-        for repo, repo_path in iter_repositories(v2_root, errors):
+        blobs = BlobStore(name, v2_fd, v2_root, errors)
+        for repo, repo_path, repo_fd in iter_repositories(v2_fd, v2_root, errors):
             counts["repositories"] += 1
-            for kind, rel in LINK_KINDS:
-                _scan_link_kind(name, repo, os.path.join(repo_path, rel), kind, blobs, result, counts,
-                                zero_byte, errors, remove_orphans, check_mode)
+            for kind, parts in LINK_KINDS:
+                links_fd = open_subdir(repo_fd, parts, repo_path, errors)
+                if links_fd is None:
+                    continue
+                try:
+                    _scan_link_kind(name, repo, os.path.join(repo_path, *parts), links_fd, kind, blobs, result,
+                                    counts, zero_byte, errors, remove_orphans, check_mode)
+                finally:
+                    close_fd(links_fd)
         for hex_digest in sorted(zero_byte):
             result["zero_byte_blobs"].append({
                 "registry": name,
@@ -102,57 +111,54 @@ def _scan_registry(name, v2_root, result, remove_orphans, verify_digests, check_
         if verify_digests:
             counts["corrupt_blobs"] = _verify_digests(name, blobs, result, errors)
         counts["blobs_checked"] = blobs.checked_count()
+    except OSError as exc:
+        raise ScanError("registry %s: cannot read %s: %s" % (name, exc.filename or v2_root, exc.strerror or exc)) \
+            from None
     finally:
-        blobs.close()
+        if blobs is not None:
+            blobs.close()
+        close_fd(v2_fd)
     result["summary"][name] = counts
     result["scan_errors"].extend(errors.items)
 
 
-def _scan_link_kind(name, repo, links_dir, kind, blobs, result, counts, zero_byte, errors,
+def _scan_link_kind(name, repo, links_dir, dir_fd, kind, blobs, result, counts, zero_byte, errors,
                     remove_orphans, check_mode):
-    try:
-        dir_fd = open_dir(links_dir)
-    except OSError as exc:
-        errors.add(links_dir, "cannot open directory: %s" % (exc.strerror or exc))
-        return
-    if dir_fd is None:
-        return
-    try:
-        for entry, is_dir, is_link in iter_link_dirs(dir_fd):
-            link_path = os.path.join(links_dir, entry, "link")
-            if is_link or not is_dir:
-                _invalid(result, counts, name, repo, kind, None, os.path.join(links_dir, entry),
-                         "symlink, not followed" if is_link else "not a directory")
-                continue
-            if not is_hex_digest(entry):
-                _invalid(result, counts, name, repo, kind, None, os.path.join(links_dir, entry),
-                         "directory name is not a sha256 digest")
-                continue
-            state, _target, reason = read_link_at(dir_fd, entry + "/link", entry)
-            if state == LINK_MISSING:
-                counts["empty_link_dirs"] += 1
-                continue
-            if state == LINK_INVALID:
-                _invalid(result, counts, name, repo, kind, entry, link_path, reason)
-                continue
-            counts[kind + "_links"] += 1
-            size = blobs.size(entry)
-            if size == 0 and entry != EMPTY_SHA256:
-                zero_byte.setdefault(entry, set()).add(repo)
-            elif size < 0 and kind == "layer":
-                counts["orphan_layer_links"] += 1
-                result["orphan_layer_links"].append({
-                    "registry": name,
-                    "repo": repo,
-                    "digest": digest_of(entry),
-                    "path": link_path,
-                    "blob_path": blobs.data_path(entry),
-                    "reason": blobs.missing_reason(entry),
-                })
-                if remove_orphans:
-                    _remove_orphan(dir_fd, entry, link_path, blobs, result, counts, errors, check_mode)
-    finally:
-        close_fd(dir_fd)
+    for entry, is_dir, is_link in iter_link_dirs(dir_fd):
+        link_path = os.path.join(links_dir, entry, "link")
+        if is_link or not is_dir:
+            _invalid(result, counts, name, repo, kind, None, os.path.join(links_dir, entry),
+                     "symlink, not followed" if is_link else "not a directory")
+            continue
+        if not is_hex_digest(entry):
+            _invalid(result, counts, name, repo, kind, None, os.path.join(links_dir, entry),
+                     "directory name is not a sha256 digest")
+            continue
+        state, _target, reason = read_link_at(dir_fd, entry + "/link", entry)
+        if state == LINK_MISSING:
+            counts["empty_link_dirs"] += 1
+            continue
+        if state == LINK_INVALID:
+            _invalid(result, counts, name, repo, kind, entry, link_path, reason)
+            continue
+        counts[kind + "_links"] += 1
+        size = blobs.size(entry)
+        if size == 0 and entry != EMPTY_SHA256:
+            zero_byte.setdefault(entry, set()).add(repo)
+        elif size == BLOB_UNREADABLE:
+            errors.add(blobs.data_path(entry), "blob data unreadable; link not judged")
+        elif size in BLOB_GONE_STATES and kind == "layer":
+            counts["orphan_layer_links"] += 1
+            result["orphan_layer_links"].append({
+                "registry": name,
+                "repo": repo,
+                "digest": digest_of(entry),
+                "path": link_path,
+                "blob_path": blobs.data_path(entry),
+                "reason": blobs.reason(entry),
+            })
+            if remove_orphans:
+                _remove_orphan(dir_fd, entry, link_path, blobs, result, counts, errors, check_mode)
 
 
 def _invalid(result, counts, name, repo, kind, hex_digest, path, reason):
@@ -184,7 +190,7 @@ def _remove_orphan(dir_fd, hex_digest, link_path, blobs, result, counts, errors,
         finally:
             os.close(link_fd)
         state, _target, _reason = classify_link_content(content, hex_digest)
-        if state != "present" or blobs.fresh_size(hex_digest) not in (BLOB_MISSING, BLOB_NOT_REGULAR):
+        if state != "present" or blobs.fresh_size(hex_digest) not in BLOB_GONE_STATES:
             return  # repaired or changed since the scan: leave it
         if not check_mode:
             os.unlink(hex_digest + "/link", dir_fd=dir_fd)
@@ -207,14 +213,14 @@ def _verify_digests(name, blobs, result, errors):
     corrupt = 0
     for hex_digest in blobs.iter_all():
         size = blobs.size(hex_digest)
-        if size in (BLOB_MISSING, BLOB_NOT_REGULAR):
+        if size in BLOB_GONE_STATES:
             continue
         data_path = blobs.data_path(hex_digest)
         if size == BLOB_UNREADABLE:
             errors.add(data_path, "blob data unreadable")
             continue
         try:
-            actual = _sha256_file(blobs.fd, hex_digest)
+            actual = _sha256_file(blobs, hex_digest)
         except FileNotFoundError:
             continue
         except OSError as exc:
@@ -231,8 +237,8 @@ def _verify_digests(name, blobs, result, errors):
     return corrupt
 
 
-def _sha256_file(blobs_fd, hex_digest):
-    fd = os.open("%s/%s/data" % (hex_digest[:2], hex_digest), os.O_RDONLY | os.O_NOFOLLOW, dir_fd=blobs_fd)
+def _sha256_file(blobs, hex_digest):
+    fd = blobs.open_data(hex_digest)
     try:
         digest = hashlib.sha256()
         while True:

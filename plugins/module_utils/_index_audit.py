@@ -17,18 +17,22 @@ from ansible_collections.regwarden.registry.plugins.module_utils._manifest impor
     parse_manifest,
 )
 from ansible_collections.regwarden.registry.plugins.module_utils._storage import (
+    BLOB_GONE_STATES,
+    BLOB_UNREADABLE,
     EMPTY_SHA256,
     LINK_INVALID,
     LINK_MISSING,
     LINK_OK,
     BlobStore,
+    ScanError,
     ScanErrors,
     close_fd,
     digest_of,
     is_hex_digest,
     iter_link_dirs,
     iter_repositories,
-    open_dir,
+    open_registry,
+    open_subdir,
     read_link_at,
     select_registries,
 )
@@ -78,8 +82,10 @@ class _ManifestCache:
 
     def _load(self, hex_digest):
         size = self.blobs.size(hex_digest)
-        if size < 0:
+        if size in BLOB_GONE_STATES:
             return self.GONE
+        if size == BLOB_UNREADABLE:
+            return InvalidManifest("manifest blob unreadable (permission denied or a symlinked directory)")
         if size > MANIFEST_MAX_BYTES:
             return InvalidManifest("manifest is larger than %d bytes (%d)" % (MANIFEST_MAX_BYTES, size))
         try:
@@ -97,12 +103,15 @@ class _ManifestCache:
 class _Repository:
     """Link state of one repository, read lazily and at most once per link."""
 
-    def __init__(self, path):
+    def __init__(self, path, fd, errors):
         self.path = path
+        self.fd = fd
+        self.errors = errors
         self.revisions_dir = os.path.join(path, "_manifests", "revisions", "sha256")
         self.layers_dir = os.path.join(path, "_layers", "sha256")
         self.revisions = {}  # hex -> (state, reason) for every revision dir with a link file
-        self._layers_fd = open_dir(self.layers_dir)
+        self._layers_fd = None
+        self._layer_dirs = None  # names of the real (non-symlink) directories under _layers/sha256
         self._layer_links = {}
 
     def close(self):
@@ -110,7 +119,7 @@ class _Repository:
         self._layers_fd = None
 
     def load_revisions(self):
-        dir_fd = open_dir(self.revisions_dir)
+        dir_fd = open_subdir(self.fd, ("_manifests", "revisions", "sha256"), self.path, self.errors)
         if dir_fd is None:
             return
         try:
@@ -126,11 +135,19 @@ class _Repository:
     def revision_state(self, hex_digest):
         return self.revisions.get(hex_digest, (LINK_MISSING, None))
 
+    def _load_layer_dirs(self):
+        self._layer_dirs = set()
+        self._layers_fd = open_subdir(self.fd, ("_layers", "sha256"), self.path, self.errors)
+        if self._layers_fd is not None:
+            self._layer_dirs = {name for name, is_dir, _link in iter_link_dirs(self._layers_fd) if is_dir}
+
     def layer_state(self, hex_digest):
         state = self._layer_links.get(hex_digest)
         if state is None:
-            if self._layers_fd is None:
-                state = (LINK_MISSING, None)
+            if self._layer_dirs is None:
+                self._load_layer_dirs()
+            if hex_digest not in self._layer_dirs:
+                state = (LINK_MISSING, None)  # absent, or a symlink (reported by the blob scan)
             else:
                 link_state, _target, reason = read_link_at(self._layers_fd, hex_digest + "/link", hex_digest)
                 state = (link_state, reason)
@@ -190,8 +207,6 @@ def _manifest_servability(repo, cache, hex_digest):
 
 def _audit_registry(name, v2_root, result):
     errors = ScanErrors(name)
-    blobs = BlobStore(v2_root)
-    cache = _ManifestCache(blobs)
     counts = {
         "repositories": 0,
         "manifests": 0,
@@ -202,26 +217,33 @@ def _audit_registry(name, v2_root, result):
         "unservable_blobs": 0,
         "invalid_manifests": 0,
     }
+    v2_fd = open_registry(v2_root)
+    blobs = None
     try:
-        for repo_name, repo_path in iter_repositories(v2_root, errors):
+        blobs = BlobStore(name, v2_fd, v2_root, errors)
+        cache = _ManifestCache(blobs)
+        for repo_name, repo_path, repo_fd in iter_repositories(v2_fd, v2_root, errors):
             counts["repositories"] += 1
-            repo = _Repository(repo_path)
+            repo = _Repository(repo_path, repo_fd, errors)
             try:
                 _audit_repository(name, repo_name, repo, cache, blobs, result, counts, errors)
-            except OSError as exc:
-                errors.add(repo_path, "cannot audit repository: %s" % (exc.strerror or exc))
             finally:
                 repo.close()
+    except OSError as exc:
+        raise ScanError("registry %s: cannot read %s: %s" % (name, exc.filename or v2_root, exc.strerror or exc)) \
+            from None
     finally:
-        blobs.close()
+        if blobs is not None:
+            blobs.close()
+        close_fd(v2_fd)
     result["summary"][name] = counts
     result["scan_errors"].extend(errors.items)
 
 
-def _read_tags(repo_path, errors):
+def _read_tags(repo, errors):
     """{tag: (state, hex or None, reason, link path)} for every tag directory."""
-    tags_dir = os.path.join(repo_path, "_manifests", "tags")
-    dir_fd = open_dir(tags_dir)
+    tags_dir = os.path.join(repo.path, "_manifests", "tags")
+    dir_fd = open_subdir(repo.fd, ("_manifests", "tags"), repo.path, errors)
     tags = {}
     if dir_fd is None:
         return tags
@@ -233,7 +255,14 @@ def _read_tags(repo_path, errors):
                 continue
             if not is_dir:
                 continue
-            state, target, reason = read_link_at(dir_fd, tag + "/current/link", None)
+            current_fd = open_subdir(dir_fd, (tag, "current"), tags_dir, errors)
+            if current_fd is None:
+                tags[tag] = (LINK_MISSING, None, "tag has no current link", link_path)
+                continue
+            try:
+                state, target, reason = read_link_at(current_fd, "link", None)
+            finally:
+                close_fd(current_fd)
             tags[tag] = (state, target, reason, link_path)
     finally:
         close_fd(dir_fd)
@@ -242,7 +271,7 @@ def _read_tags(repo_path, errors):
 
 def _audit_repository(name, repo_name, repo, cache, blobs, result, counts, errors):
     repo.load_revisions()
-    tags = _read_tags(repo.path, errors)
+    tags = _read_tags(repo, errors)
     counts["tags"] += len(tags)
     servability = {}
 
@@ -324,10 +353,10 @@ def _audit_repository(name, repo_name, repo, cache, blobs, result, counts, error
         })
         counts["invalid_manifests"] += 1
 
-    _audit_blobs(name, repo_name, repo, blobs, tags_by_target, servable, result, counts)
+    _audit_blobs(name, repo_name, repo, blobs, tags_by_target, servable, result, counts, errors)
 
 
-def _audit_blobs(name, repo_name, repo, blobs, tags_by_target, servable, result, counts):
+def _audit_blobs(name, repo_name, repo, blobs, tags_by_target, servable, result, counts, errors):
     """Configs and layers of what a tag pulls (directly or as a child of a tagged index)."""
     reached = {}  # manifest hex -> tags that pull it
     for target in sorted(tags_by_target):
@@ -360,6 +389,10 @@ def _audit_blobs(name, repo_name, repo, blobs, tags_by_target, servable, result,
                     blob_data = "present"
                 elif size == 0:
                     blob_data = "empty"
+                elif size == BLOB_UNREADABLE:
+                    errors.add(blobs.data_path(blob_hex), "blob data unreadable; not judged")
+                    broken[blob_hex] = False
+                    continue
                 else:
                     blob_data = "gone"
                 if link_state == LINK_OK and blob_data == "present":

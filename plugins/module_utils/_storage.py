@@ -24,10 +24,18 @@ _DIGEST = re.compile(r"sha256:([0-9a-f]{64})\Z")
 _O_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
 _O_FILE = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
 
-# Blob data states (cached per registry, one stat per distinct digest).
-BLOB_MISSING = -1
-BLOB_NOT_REGULAR = -2
-BLOB_UNREADABLE = -3
+# Blob data states (cached per registry, one stat per distinct digest); sizes are >= 0.
+BLOB_MISSING = -1  # blob directory present, data file absent
+BLOB_NOT_REGULAR = -2  # data is a directory, symlink or device
+BLOB_UNREADABLE = -3  # cannot tell: permission denied or a symlinked directory on the way
+BLOB_DIR_MISSING = -4  # not even the blob directory
+BLOB_GONE_STATES = frozenset((BLOB_MISSING, BLOB_NOT_REGULAR, BLOB_DIR_MISSING))
+_BLOB_REASONS = {
+    BLOB_MISSING: "blob data missing",
+    BLOB_NOT_REGULAR: "blob data is not a regular file",
+    BLOB_DIR_MISSING: "blob directory missing",
+    BLOB_UNREADABLE: "blob data unreadable",
+}
 
 # Link states.
 LINK_OK = "present"
@@ -47,21 +55,67 @@ def digest_of(hex_digest):
     return "sha256:" + hex_digest
 
 
-def open_dir(path, dir_fd=None):
-    """Open a directory without following a symlink; None if it is absent or not a directory."""
+class SymlinkRefused(Exception):
+    """A path component is a symlink; it is never followed."""
+
+
+def open_dir(name, dir_fd=None):
+    """Open a directory without following a symlink in its last component.
+
+    Returns None when it is absent or not a directory; raises SymlinkRefused for a symlink.
+    """
     try:
-        return os.open(path, _O_DIR, dir_fd=dir_fd)
-    except (FileNotFoundError, NotADirectoryError):
+        return os.open(name, _O_DIR, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        # O_DIRECTORY|O_NOFOLLOW answers ENOTDIR (not ELOOP) for a symlink: tell them apart.
+        try:
+            if stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                raise SymlinkRefused(name) from None
+        except OSError:
+            pass
         return None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            return None
+            raise SymlinkRefused(name) from None
         raise
 
 
 def close_fd(fd):
     if fd is not None:
         os.close(fd)
+
+
+def open_subdir(parent_fd, parts, base_path, errors):
+    """Open base_path/parts... one component at a time, never following a symlink.
+
+    Returns the descriptor, or None when a component is absent; a symlinked component is
+    reported in ``errors`` and also gives None. ``parent_fd`` stays open.
+    """
+    fd = parent_fd
+    path = base_path
+    try:
+        for part in parts:
+            path = os.path.join(path, part)
+            try:
+                child = open_dir(part, dir_fd=fd)
+            except SymlinkRefused:
+                errors.add(path, "symlink not followed")
+                child = None
+            except OSError as exc:
+                errors.add(path, "cannot open directory: %s" % (exc.strerror or exc))
+                child = None
+            if fd != parent_fd:
+                os.close(fd)
+            fd = child
+            if fd is None:
+                return None
+        return fd
+    except BaseException:
+        if fd is not None and fd != parent_fd:
+            os.close(fd)
+        raise
 
 
 def find_registries(path):
@@ -130,41 +184,74 @@ class ScanErrors:
     def __init__(self, registry):
         self.registry = registry
         self.items = []
+        self._seen = set()
 
     def add(self, path, message):
-        self.items.append({"registry": self.registry, "path": path, "error": message})
+        if (path, message) not in self._seen:
+            self._seen.add((path, message))
+            self.items.append({"registry": self.registry, "path": path, "error": message})
 
 
-def iter_repositories(v2_root, errors):
-    """Yield (repo_name, repo_path) for every repository under ``v2_root``/repositories.
+def open_registry(v2_root):
+    """Descriptor of a registry's docker/registry/v2 directory (checked by find_registries)."""
+    try:
+        fd = open_dir(v2_root)
+    except SymlinkRefused:
+        fd = None
+    if fd is None:
+        raise ScanError("%s is not a directory (it changed during the scan?)" % v2_root)
+    return fd
+
+
+def iter_repositories(v2_fd, v2_root, errors):
+    """Yield (repo_name, repo_path, repo_fd) for every repository under v2/repositories.
 
     A repository is any directory holding _layers, _manifests or _uploads; names nest
-    (``team/app``). Symlinked directories are reported and never entered.
+    (``team/app``). Symlinked directories are reported and never entered. ``repo_fd`` is
+    valid only until the generator resumes.
     """
     top = os.path.join(v2_root, "repositories")
-    stack = [("", top)]
-    while stack:
-        name, path = stack.pop()
+    fd = open_subdir(v2_fd, ("repositories",), v2_root, errors)
+    if fd is None:
+        return
+    try:
+        yield from _walk_repositories("", top, fd, errors)
+    finally:
+        os.close(fd)
+
+
+def _walk_repositories(name, path, fd, errors):
+    try:
+        entries = list(iter_link_dirs(fd))
+    except OSError as exc:
+        errors.add(path, "cannot list directory: %s" % (exc.strerror or exc))
+        return
+    names = set()
+    children = []
+    for entry_name, is_dir, is_link in entries:
+        names.add(entry_name)
+        if is_link:
+            errors.add(os.path.join(path, entry_name), "symlink not followed")
+        elif is_dir and not entry_name.startswith("_"):
+            children.append(entry_name)
+    if name and not REPO_MARKERS.isdisjoint(names):
+        yield name, path, fd
+    for child in sorted(children):
+        child_path = os.path.join(path, child)
         try:
-            with os.scandir(path) as it:
-                entries = [(e.name, e.is_dir(follow_symlinks=False), e.is_symlink()) for e in it]
-        except (FileNotFoundError, NotADirectoryError):
-            continue  # removed while we walked
-        except OSError as exc:
-            errors.add(path, "cannot list directory: %s" % (exc.strerror or exc))
+            child_fd = open_dir(child, dir_fd=fd)
+        except SymlinkRefused:
+            errors.add(child_path, "symlink not followed")
             continue
-        names = set()
-        children = []
-        for entry_name, is_dir, is_link in entries:
-            names.add(entry_name)
-            if is_link:
-                errors.add(os.path.join(path, entry_name), "symlink not followed")
-            elif is_dir and not entry_name.startswith("_"):
-                children.append(entry_name)
-        if name and not REPO_MARKERS.isdisjoint(names):
-            yield name, path
-        for child in sorted(children, reverse=True):
-            stack.append((name + "/" + child if name else child, os.path.join(path, child)))
+        except OSError as exc:
+            errors.add(child_path, "cannot open directory: %s" % (exc.strerror or exc))
+            continue
+        if child_fd is None:
+            continue  # removed while we walked
+        try:
+            yield from _walk_repositories(name + "/" + child if name else child, child_path, child_fd, errors)
+        finally:
+            os.close(child_fd)
 
 
 def read_link_at(dir_fd, rel_path, expected_hex):
@@ -212,40 +299,63 @@ def classify_link_content(content, expected_hex):
 
 
 def iter_link_dirs(dir_fd):
-    """Yield (name, is_dir, is_symlink) for the entries of a ``<algo>`` link directory."""
-    try:
-        with os.scandir(dir_fd) as it:
-            for entry in it:
-                yield entry.name, entry.is_dir(follow_symlinks=False), entry.is_symlink()
-    except (FileNotFoundError, NotADirectoryError):
-        return
+    """Yield (name, is_dir, is_symlink) for the entries of a directory, from d_type alone."""
+    with os.scandir(dir_fd) as it:
+        for entry in it:
+            yield entry.name, entry.is_dir(follow_symlinks=False), entry.is_symlink()
 
 
 class BlobStore:
-    """Blob data of one registry, each digest stat'ed at most once."""
+    """Blob data of one registry, each digest stat'ed at most once.
 
-    def __init__(self, v2_root):
+    Every access goes blobs/sha256/<xx>/<hex>/data one component at a time through
+    cached descriptors, so no symlinked directory is ever followed.
+    """
+
+    _REFUSED = -1
+
+    def __init__(self, name, v2_fd, v2_root, errors):
+        self.name = name
+        self.errors = errors
         self.root = os.path.join(v2_root, "blobs", "sha256")
-        self.fd = open_dir(self.root)
+        try:
+            blobs_fd = open_dir("blobs", dir_fd=v2_fd)
+            self.fd = None
+            if blobs_fd is not None:
+                try:
+                    self.fd = open_dir("sha256", dir_fd=blobs_fd)
+                finally:
+                    os.close(blobs_fd)
+        except SymlinkRefused:
+            raise ScanError("registry %s: the blob store %s or its parent is a symlink; symlinks are never "
+                            "followed, give the real storage path" % (name, self.root)) from None
+        except OSError as exc:
+            raise ScanError("registry %s: cannot open the blob store %s: %s"
+                            % (name, self.root, exc.strerror or exc)) from None
+        self._prefixes = {}
         self._sizes = {}
 
     def close(self):
+        for fd in self._prefixes.values():
+            if fd is not None and fd != self._REFUSED:
+                os.close(fd)
+        self._prefixes = {}
         close_fd(self.fd)
         self.fd = None
 
     def data_path(self, hex_digest):
         return os.path.join(self.root, hex_digest[:2], hex_digest, "data")
 
+    def checked_count(self):
+        return len(self._sizes)
+
     def size(self, hex_digest):
-        """Size of the blob data, or BLOB_MISSING / BLOB_NOT_REGULAR / BLOB_UNREADABLE."""
+        """Size of the blob data (>= 0), or one of the BLOB_* states."""
         size = self._sizes.get(hex_digest)
         if size is None:
             size = self._stat(hex_digest)
             self._sizes[hex_digest] = size
         return size
-
-    def checked_count(self):
-        return len(self._sizes)
 
     def fresh_size(self, hex_digest):
         """Stat again, bypassing the cache (used right before a repair)."""
@@ -253,11 +363,43 @@ class BlobStore:
         self._sizes[hex_digest] = size
         return size
 
+    def reason(self, hex_digest):
+        return _BLOB_REASONS.get(self.size(hex_digest), "blob data present")
+
+    def _prefix_fd(self, prefix):
+        fd = self._prefixes.get(prefix)
+        if fd is None and prefix not in self._prefixes:
+            if self.fd is None:
+                # Links exist but the whole blob store does not: never conclude "every blob is gone".
+                raise ScanError("registry %s: the blob store %s is missing while repositories link blobs "
+                                "(is the storage volume mounted?)" % (self.name, self.root))
+            try:
+                fd = open_dir(prefix, dir_fd=self.fd)
+            except SymlinkRefused:
+                self.errors.add(os.path.join(self.root, prefix), "symlink not followed")
+                fd = self._REFUSED
+            self._prefixes[prefix] = fd
+        return fd
+
     def _stat(self, hex_digest):
-        if self.fd is None:
-            return BLOB_MISSING
+        prefix_fd = self._prefix_fd(hex_digest[:2])
+        if prefix_fd is None:
+            return BLOB_DIR_MISSING
+        if prefix_fd == self._REFUSED:
+            return BLOB_UNREADABLE
         try:
-            st = os.stat("%s/%s/data" % (hex_digest[:2], hex_digest), dir_fd=self.fd, follow_symlinks=False)
+            st = os.stat(hex_digest, dir_fd=prefix_fd, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return BLOB_DIR_MISSING
+        except OSError:
+            return BLOB_UNREADABLE
+        if stat.S_ISLNK(st.st_mode):
+            self.errors.add(os.path.dirname(self.data_path(hex_digest)), "symlink not followed")
+            return BLOB_UNREADABLE
+        if not stat.S_ISDIR(st.st_mode):
+            return BLOB_DIR_MISSING
+        try:
+            st = os.stat(hex_digest + "/data", dir_fd=prefix_fd, follow_symlinks=False)
         except (FileNotFoundError, NotADirectoryError):
             return BLOB_MISSING
         except OSError:
@@ -266,20 +408,20 @@ class BlobStore:
             return BLOB_NOT_REGULAR
         return st.st_size
 
-    def missing_reason(self, hex_digest):
-        size = self.size(hex_digest)
-        if size == BLOB_NOT_REGULAR:
-            return "blob data is not a regular file"
-        if size == BLOB_UNREADABLE:
-            return "blob data unreadable"
-        blob_dir = os.path.dirname(self.data_path(hex_digest))
-        if os.path.lexists(blob_dir):
-            return "blob data missing"
-        return "blob directory missing"
+    def open_data(self, hex_digest):
+        """Descriptor of the blob's data file (OSError if it cannot be opened safely)."""
+        prefix_fd = self._prefix_fd(hex_digest[:2])
+        if prefix_fd is None or prefix_fd == self._REFUSED:
+            raise FileNotFoundError(errno.ENOENT, "blob directory missing", self.data_path(hex_digest))
+        blob_fd = os.open(hex_digest, _O_DIR, dir_fd=prefix_fd)
+        try:
+            return os.open("data", _O_FILE, dir_fd=blob_fd)
+        finally:
+            os.close(blob_fd)
 
     def read(self, hex_digest, limit):
         """Read up to ``limit`` + 1 bytes of a blob (callers detect oversize content)."""
-        fd = os.open("%s/%s/data" % (hex_digest[:2], hex_digest), _O_FILE, dir_fd=self.fd)
+        fd = self.open_data(hex_digest)
         try:
             chunks = []
             remaining = limit + 1
@@ -297,16 +439,12 @@ class BlobStore:
         """Yield the hex digest of every blob directory (for the full scrub)."""
         if self.fd is None:
             return
-        for prefix, is_dir, _is_link in iter_link_dirs(self.fd):
-            if not is_dir or len(prefix) != 2:
+        prefixes = sorted(name for name, is_dir, _link in iter_link_dirs(self.fd) if is_dir and len(name) == 2)
+        for prefix in prefixes:
+            prefix_fd = self._prefix_fd(prefix)
+            if prefix_fd is None or prefix_fd == self._REFUSED:
                 continue
-            prefix_fd = open_dir(prefix, dir_fd=self.fd)
-            if prefix_fd is None:
-                continue
-            try:
-                names = [name for name, sub_is_dir, _ in iter_link_dirs(prefix_fd) if sub_is_dir]
-            finally:
-                os.close(prefix_fd)
-            for name in sorted(names):
+            names = sorted(name for name, is_dir, _link in iter_link_dirs(prefix_fd) if is_dir)
+            for name in names:
                 if is_hex_digest(name) and name.startswith(prefix):
                     yield name
