@@ -5,7 +5,6 @@
 Used by the registry_blob_scan module and by the scanner CLI on the registry VM.
 """
 
-import errno
 import hashlib
 import os
 import stat
@@ -28,6 +27,7 @@ from ansible_collections.regwarden.registry.plugins.module_utils._storage import
     open_registry,
     open_subdir,
     read_link_at,
+    remove_link_dir_at,
     select_registries,
 )
 
@@ -192,13 +192,8 @@ def _remove_orphan(dir_fd, hex_digest, link_path, blobs, result, counts, errors,
         state, _target, _reason = classify_link_content(content, hex_digest)
         if state != "present" or blobs.fresh_size(hex_digest) not in BLOB_GONE_STATES:
             return  # repaired or changed since the scan: leave it
-        if not check_mode:
-            os.unlink(hex_digest + "/link", dir_fd=dir_fd)
-            try:
-                os.rmdir(hex_digest, dir_fd=dir_fd)
-            except OSError as exc:
-                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
-                    raise
+        if not check_mode and not remove_link_dir_at(dir_fd, hex_digest):
+            return
     except (FileNotFoundError, NotADirectoryError):
         return  # vanished meanwhile: nothing to remove
     except OSError as exc:

@@ -9,15 +9,13 @@ blob data must exist. A blob is served when the repository's _layers link and th
 exist.
 """
 
-import os
 
+from ansible_collections.regwarden.registry.plugins.module_utils._index_repair import REPAIRED, repair_children
 from ansible_collections.regwarden.registry.plugins.module_utils._manifest import (
-    MANIFEST_MAX_BYTES,
     InvalidManifest,
-    parse_manifest,
 )
+from ansible_collections.regwarden.registry.plugins.module_utils._repository import ManifestCache, RepositoryLinks
 from ansible_collections.regwarden.registry.plugins.module_utils._storage import (
-    BLOB_GONE_STATES,
     BLOB_UNREADABLE,
     EMPTY_SHA256,
     LINK_INVALID,
@@ -28,12 +26,8 @@ from ansible_collections.regwarden.registry.plugins.module_utils._storage import
     ScanErrors,
     close_fd,
     digest_of,
-    is_hex_digest,
-    iter_link_dirs,
     iter_repositories,
     open_registry,
-    open_subdir,
-    read_link_at,
     select_registries,
 )
 
@@ -41,15 +35,24 @@ FINDING_KEYS = ("orphan_index_children", "broken_tags", "unservable_blobs", "inv
 DEFAULT_REGISTRIES = ("private",)
 
 
-def audit_indexes(path, registries=DEFAULT_REGISTRIES):
-    """Audit the registries under ``path``; see the registry_index_audit module for the result."""
+def audit_indexes(path, registries=DEFAULT_REGISTRIES, repair=False, check_mode=False):
+    """Audit the registries under ``path``; see the registry_index_audit module for the result.
+
+    With ``repair``, orphan index children whose content is intact are relinked (in check
+    mode only planned); every orphan-child finding says whether it is repairable.
+    """
     result = {key: [] for key in FINDING_KEYS}
     result["scan_errors"] = []
+    result["repaired_links"] = []
     result["summary"] = {}
+    mode = ("check" if check_mode else "apply") if repair else "report"
     selected = select_registries(path, registries)
     for name, v2_root in selected:
-        _audit_registry(name, v2_root, result)
+        _audit_registry(name, v2_root, result, mode)
     result["registries"] = [name for name, _ in selected]
+    result["repaired_links"].sort()
+    result["changed"] = bool(result["repaired_links"])
+    result["restart_required"] = mode == "apply" and bool(result["repaired_links"])
     result["orphan_index_children"].sort(key=lambda f: (f["registry"], f["repo"], f["index_digest"],
                                                         f["child_digest"]))
     result["broken_tags"].sort(key=lambda f: (f["registry"], f["repo"], f["tag"]))
@@ -60,105 +63,9 @@ def audit_indexes(path, registries=DEFAULT_REGISTRIES):
 
 
 def count_findings(result):
-    return sum(len(result[key]) for key in FINDING_KEYS)
-
-
-class _ManifestCache:
-    """Each manifest blob of a registry read and parsed at most once."""
-
-    GONE = "gone"
-
-    def __init__(self, blobs):
-        self.blobs = blobs
-        self._parsed = {}
-
-    def get(self, hex_digest):
-        """A Manifest, an InvalidManifest, or GONE when the blob data is not there."""
-        parsed = self._parsed.get(hex_digest)
-        if parsed is None:
-            parsed = self._load(hex_digest)
-            self._parsed[hex_digest] = parsed
-        return parsed
-
-    def _load(self, hex_digest):
-        size = self.blobs.size(hex_digest)
-        if size in BLOB_GONE_STATES:
-            return self.GONE
-        if size == BLOB_UNREADABLE:
-            return InvalidManifest("manifest blob unreadable (permission denied or a symlinked directory)")
-        if size > MANIFEST_MAX_BYTES:
-            return InvalidManifest("manifest is larger than %d bytes (%d)" % (MANIFEST_MAX_BYTES, size))
-        try:
-            content = self.blobs.read(hex_digest, MANIFEST_MAX_BYTES)
-        except (FileNotFoundError, NotADirectoryError):
-            return self.GONE
-        except OSError as exc:
-            return InvalidManifest("manifest blob unreadable: %s" % (exc.strerror or exc))
-        try:
-            return parse_manifest(content)
-        except InvalidManifest as exc:
-            return exc
-
-
-class _Repository:
-    """Link state of one repository, read lazily and at most once per link."""
-
-    def __init__(self, path, fd, errors):
-        self.path = path
-        self.fd = fd
-        self.errors = errors
-        self.revisions_dir = os.path.join(path, "_manifests", "revisions", "sha256")
-        self.layers_dir = os.path.join(path, "_layers", "sha256")
-        self.revisions = {}  # hex -> (state, reason) for every revision dir with a link file
-        self._layers_fd = None
-        self._layer_dirs = None  # names of the real (non-symlink) directories under _layers/sha256
-        self._layer_links = {}
-
-    def close(self):
-        close_fd(self._layers_fd)
-        self._layers_fd = None
-
-    def load_revisions(self):
-        dir_fd = open_subdir(self.fd, ("_manifests", "revisions", "sha256"), self.path, self.errors)
-        if dir_fd is None:
-            return
-        try:
-            for entry, is_dir, _is_link in iter_link_dirs(dir_fd):
-                if not is_dir or not is_hex_digest(entry):
-                    continue  # reported by the blob scan; the registry cannot address it
-                state, _target, reason = read_link_at(dir_fd, entry + "/link", entry)
-                if state != LINK_MISSING:
-                    self.revisions[entry] = (state, reason)
-        finally:
-            close_fd(dir_fd)
-
-    def revision_state(self, hex_digest):
-        return self.revisions.get(hex_digest, (LINK_MISSING, None))
-
-    def _load_layer_dirs(self):
-        self._layer_dirs = set()
-        self._layers_fd = open_subdir(self.fd, ("_layers", "sha256"), self.path, self.errors)
-        if self._layers_fd is not None:
-            self._layer_dirs = {name for name, is_dir, _link in iter_link_dirs(self._layers_fd) if is_dir}
-
-    def layer_state(self, hex_digest):
-        state = self._layer_links.get(hex_digest)
-        if state is None:
-            if self._layer_dirs is None:
-                self._load_layer_dirs()
-            if hex_digest not in self._layer_dirs:
-                state = (LINK_MISSING, None)  # absent, or a symlink (reported by the blob scan)
-            else:
-                link_state, _target, reason = read_link_at(self._layers_fd, hex_digest + "/link", hex_digest)
-                state = (link_state, reason)
-            self._layer_links[hex_digest] = state
-        return state
-
-    def revision_path(self, hex_digest):
-        return os.path.join(self.revisions_dir, hex_digest, "link")
-
-    def layer_path(self, hex_digest):
-        return os.path.join(self.layers_dir, hex_digest, "link")
+    """Findings still standing (a child repaired in this run no longer counts)."""
+    repaired = sum(1 for finding in result["orphan_index_children"] if finding.get("repair") == REPAIRED)
+    return sum(len(result[key]) for key in FINDING_KEYS) - repaired
 
 
 class _Servability:
@@ -192,7 +99,7 @@ def _manifest_servability(repo, cache, hex_digest):
         elif not linked:
             link_reason = "manifest has no revision link in the repository"
     manifest = cache.get(hex_digest)
-    blob_data = "gone" if manifest is _ManifestCache.GONE else "present"
+    blob_data = "gone" if manifest is ManifestCache.GONE else "present"
     if not linked:
         reason = link_reason
     elif blob_data == "gone":
@@ -205,7 +112,7 @@ def _manifest_servability(repo, cache, hex_digest):
                         manifest if reason is None else None, reason)
 
 
-def _audit_registry(name, v2_root, result):
+def _audit_registry(name, v2_root, result, mode):
     errors = ScanErrors(name)
     counts = {
         "repositories": 0,
@@ -221,12 +128,12 @@ def _audit_registry(name, v2_root, result):
     blobs = None
     try:
         blobs = BlobStore(name, v2_fd, v2_root, errors)
-        cache = _ManifestCache(blobs)
+        cache = ManifestCache(blobs)
         for repo_name, repo_path, repo_fd in iter_repositories(v2_fd, v2_root, errors):
             counts["repositories"] += 1
-            repo = _Repository(repo_path, repo_fd, errors)
+            repo = RepositoryLinks(repo_path, repo_fd, errors)
             try:
-                _audit_repository(name, repo_name, repo, cache, blobs, result, counts, errors)
+                _audit_repository(name, repo_name, repo, cache, blobs, result, counts, errors, mode)
             finally:
                 repo.close()
     except OSError as exc:
@@ -240,38 +147,9 @@ def _audit_registry(name, v2_root, result):
     result["scan_errors"].extend(errors.items)
 
 
-def _read_tags(repo, errors):
-    """{tag: (state, hex or None, reason, link path)} for every tag directory."""
-    tags_dir = os.path.join(repo.path, "_manifests", "tags")
-    dir_fd = open_subdir(repo.fd, ("_manifests", "tags"), repo.path, errors)
-    tags = {}
-    if dir_fd is None:
-        return tags
-    try:
-        for tag, is_dir, is_link in iter_link_dirs(dir_fd):
-            link_path = os.path.join(tags_dir, tag, "current", "link")
-            if is_link:
-                errors.add(os.path.join(tags_dir, tag), "symlink not followed")
-                continue
-            if not is_dir:
-                continue
-            current_fd = open_subdir(dir_fd, (tag, "current"), tags_dir, errors)
-            if current_fd is None:
-                tags[tag] = (LINK_MISSING, None, "tag has no current link", link_path)
-                continue
-            try:
-                state, target, reason = read_link_at(current_fd, "link", None)
-            finally:
-                close_fd(current_fd)
-            tags[tag] = (state, target, reason, link_path)
-    finally:
-        close_fd(dir_fd)
-    return tags
-
-
-def _audit_repository(name, repo_name, repo, cache, blobs, result, counts, errors):
+def _audit_repository(name, repo_name, repo, cache, blobs, result, counts, errors, mode):
     repo.load_revisions()
-    tags = _read_tags(repo, errors)
+    tags = repo.read_tags()
     counts["tags"] += len(tags)
     servability = {}
 
@@ -283,13 +161,13 @@ def _audit_repository(name, repo_name, repo, cache, blobs, result, counts, error
         return known
 
     tags_by_target = {}
-    for tag, (state, target, _reason, _path) in tags.items():
-        if state == LINK_OK:
-            tags_by_target.setdefault(target, set()).add(tag)
+    for tag, link in tags.items():
+        if link.state == LINK_OK:
+            tags_by_target.setdefault(link.target, set()).add(tag)
 
     # Broken tags: a listed tag whose manifest the registry would not serve.
     for tag in sorted(tags):
-        state, target, reason, link_path = tags[tag]
+        state, target, reason, link_path, _updated = tags[tag]
         if state == LINK_MISSING:
             reason = "tag has no current link"
         elif state == LINK_OK:
@@ -310,6 +188,7 @@ def _audit_repository(name, repo_name, repo, cache, blobs, result, counts, error
     counts["manifests"] += len(candidates)
     candidates.update(tags_by_target)
     invalid = set()
+    orphans = []
     for hex_digest in sorted(candidates):
         status = servable(hex_digest)
         if status.manifest is None:
@@ -326,7 +205,7 @@ def _audit_repository(name, repo_name, repo, cache, blobs, result, counts, error
                 continue
             if child.blob_data == "present" and isinstance(cache.get(child_hex), InvalidManifest):
                 invalid.add(child_hex)
-            result["orphan_index_children"].append({
+            orphans.append({
                 "registry": name,
                 "repo": repo_name,
                 "index_digest": digest_of(hex_digest),
@@ -342,6 +221,7 @@ def _audit_repository(name, repo_name, repo, cache, blobs, result, counts, error
                 "path": repo.revision_path(child_hex),
             })
             counts["orphan_index_children"] += 1
+    result["orphan_index_children"].extend(orphans)
 
     for hex_digest in sorted(invalid):
         result["invalid_manifests"].append({
@@ -354,6 +234,9 @@ def _audit_repository(name, repo_name, repo, cache, blobs, result, counts, error
         counts["invalid_manifests"] += 1
 
     _audit_blobs(name, repo_name, repo, blobs, tags_by_target, servable, result, counts, errors)
+    # Last, so every finding above describes the storage as it was found.
+    if orphans:
+        result["repaired_links"].extend(repair_children(repo, blobs, orphans, mode))
 
 
 def _audit_blobs(name, repo_name, repo, blobs, tags_by_target, servable, result, counts, errors):

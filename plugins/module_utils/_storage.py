@@ -448,3 +448,83 @@ class BlobStore:
             for name in names:
                 if is_hex_digest(name) and name.startswith(prefix):
                     yield name
+
+
+# Writing. Only repairs and tag cleanup write, always relative to descriptors opened
+# without following symlinks, and new files take the owner of the directory they land in.
+
+LINK_MODE = 0o644
+DIR_MODE = 0o755
+
+
+def make_dirs_at(parent_fd, parts):
+    """mkdir -p parts... below parent_fd without following symlinks; returns a descriptor of the last."""
+    fd = parent_fd
+    owner = os.fstat(parent_fd)
+    try:
+        for part in parts:
+            try:
+                os.mkdir(part, DIR_MODE, dir_fd=fd)
+                _chown_like(part, fd, owner)
+            except FileExistsError:
+                pass
+            child = open_dir(part, dir_fd=fd)
+            if child is None:
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory", part)
+            if fd != parent_fd:
+                os.close(fd)
+            fd = child
+        return fd
+    except BaseException:
+        if fd != parent_fd:
+            os.close(fd)
+        raise
+
+
+def write_link_at(dir_fd, hex_digest):
+    """Write <dir_fd>/link = sha256:<hex> atomically (temp file + rename), as the registry would."""
+    owner = os.fstat(dir_fd)
+    tmp_name = ".link.regwarden.%d" % os.getpid()
+    fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_FILE, LINK_MODE, dir_fd=dir_fd)
+    try:
+        os.write(fd, digest_of(hex_digest).encode("ascii"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _chown_like(tmp_name, dir_fd, owner)
+    os.rename(tmp_name, "link", src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+
+def remove_link_dir_at(parent_fd, name):
+    """Remove <name>/link and then <name> if it is empty; True if the link file was removed."""
+    try:
+        os.unlink(name + "/link", dir_fd=parent_fd)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    try:
+        os.rmdir(name, dir_fd=parent_fd)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+            raise
+    return True
+
+
+def rmtree_at(parent_fd, name):
+    """rm -r parent/name without following symlinks (a symlink inside is unlinked, never entered)."""
+    fd = open_dir(name, dir_fd=parent_fd)
+    if fd is None:
+        return
+    try:
+        for entry, is_dir, is_link in list(iter_link_dirs(fd)):
+            if is_dir and not is_link:
+                rmtree_at(fd, entry)
+            else:
+                os.unlink(entry, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=parent_fd)
+
+
+def _chown_like(name, dir_fd, owner):
+    if os.geteuid() == 0 and (owner.st_uid, owner.st_gid) != (0, 0):
+        os.chown(name, owner.st_uid, owner.st_gid, dir_fd=dir_fd, follow_symlinks=False)

@@ -21,7 +21,14 @@ description:
     the manifest was fetched.
   - C(invalid_manifests) are manifests whose JSON is truncated, invalid, of an unknown media type
     or larger than 4 MiB.
-  - Never changes anything. Removing or rebuilding a published image is an operator's decision.
+  - Every orphan child says whether it is repairable. A child is repairable when its manifest
+    blob is present and hashes to its digest, it is an image manifest, and its config and layers
+    all have data. With O(repair=true) the missing links of repairable children (the child's
+    revision link and the repository's C(_layers) links for its blobs) are written, so the
+    registry serves the child again without a rebuild. Anything else is marked
+    C(rebuild_required). Invalid link files are never overwritten.
+  - Without O(repair) the module changes nothing. It never deletes anything. Removing or
+    rebuilding a published image is an operator's decision.
 author:
   - regwarden.registry contributors
 options:
@@ -40,17 +47,25 @@ options:
     type: list
     elements: str
     default: [private]
+  repair:
+    description:
+      - Relink repairable orphan index children (see above). Restart the registry afterwards
+        (RV(restart_required)) so its descriptor cache sees the links.
+    type: bool
+    default: false
   fail_on_findings:
     description:
-      - Fail the task when any finding is reported. The findings stay in the result.
+      - Fail the task when any finding is still standing (a child repaired by this run does not
+        count). The findings stay in the result.
     type: bool
     default: false
 attributes:
   check_mode:
     support: full
-    details: The module never changes anything.
+    details: With O(repair=true), reports the links it would write and writes nothing.
   diff_mode:
-    support: none
+    support: full
+    details: Lists the link files written by a repair.
 notes:
   - The registry's in-memory descriptor cache can hide on-disk damage until it restarts; this
     module reports what the registry will serve once it has restarted.
@@ -69,10 +84,16 @@ EXAMPLES = r"""
     registries: [private]
     fail_on_findings: true
 
+- name: Relink the children whose content is intact, then restart the private registry
+  regwarden.registry.registry_index_audit:
+    repair: true
+  register: repaired
+  notify: Restart registries
+
 - name: Show the children to rebuild
   ansible.builtin.debug:
     msg: "{{ item.repo }}@{{ item.index_digest }} {{ item.platform.os }}/{{ item.platform.architecture }}"
-  loop: "{{ ansible_facts.registry_index_audit.orphan_index_children }}"
+  loop: "{{ ansible_facts.registry_index_audit.orphan_index_children | selectattr('rebuild_required') }}"
 """
 
 RETURN = r"""
@@ -100,6 +121,11 @@ orphan_index_children:
     blob_data: {description: C(present) or C(gone)., type: str}
     reason: {description: Why the registry would not serve the child., type: str}
     path: {description: Absolute path of the child's revision link (present or not)., type: str}
+    repair:
+      description: C(repairable), C(would repair) (check mode), C(repaired) or C(not repaired).
+      type: str
+    rebuild_required: {description: Only a rebuild and push of the image can fix the child., type: bool}
+    repair_reason: {description: Why the child is not repairable (null when it is)., type: str}
 broken_tags:
   description: Tags the registry lists but cannot serve.
   returned: success
@@ -138,6 +164,15 @@ invalid_manifests:
     digest: {description: Manifest digest., type: str}
     path: {description: Absolute path of the manifest blob data., type: str}
     reason: {description: What is wrong with the content., type: str}
+repaired_links:
+  description: Link files written by O(repair) (or that would be, in check mode).
+  returned: success
+  type: list
+  elements: str
+restart_required:
+  description: Links were written; restart the registry so its descriptor cache sees them.
+  returned: success
+  type: bool
 scan_errors:
   description: Places the audit could not read (permission denied, symlinks not followed).
   returned: success
@@ -174,17 +209,27 @@ def main():
         argument_spec=dict(
             path=dict(type="path", default="/opt/registry/data"),
             registries=dict(type="list", elements="str", default=list(DEFAULT_REGISTRIES)),
+            repair=dict(type="bool", default=False),
             fail_on_findings=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
     params = module.params
     try:
-        result = audit_indexes(params["path"], registries=params["registries"])
+        result = audit_indexes(params["path"], registries=params["registries"], repair=params["repair"],
+                               check_mode=module.check_mode)
     except ScanError as exc:
         module.fail_json(msg=str(exc))
+    diff = None
+    if module._diff and result["repaired_links"]:
+        diff = {
+            "before_header": "index child links",
+            "after_header": "index child links",
+            "before": "",
+            "after": "".join(path + "\n" for path in result["repaired_links"]),
+        }
     exit_with_facts(module, "registry_index_audit", result, count_findings(result),
-                    params["fail_on_findings"])
+                    params["fail_on_findings"], diff)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,171 @@
+# Copyright: regwarden.registry contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""One registry's manifests and one repository's links, each read at most once.
+
+Shared by the index audit, its repair and the tag cleanup.
+"""
+
+import collections
+import os
+
+from ansible_collections.regwarden.registry.plugins.module_utils._manifest import (
+    MANIFEST_MAX_BYTES,
+    InvalidManifest,
+    parse_manifest,
+)
+from ansible_collections.regwarden.registry.plugins.module_utils._storage import (
+    BLOB_GONE_STATES,
+    BLOB_UNREADABLE,
+    LINK_MISSING,
+    LINK_OK,
+    close_fd,
+    is_hex_digest,
+    iter_link_dirs,
+    open_subdir,
+    read_link_at,
+)
+
+# A tag's current link: state/target/reason as read_link_at gives them, the link's path and
+# its mtime (when the tag was last pushed; None when there is no link file).
+TagLink = collections.namedtuple("TagLink", "state target reason path updated")
+
+
+class ManifestCache:
+    """Each manifest blob of a registry read and parsed at most once."""
+
+    GONE = "gone"
+
+    def __init__(self, blobs):
+        self.blobs = blobs
+        self._parsed = {}
+
+    def get(self, hex_digest):
+        """A Manifest, an InvalidManifest, or GONE when the blob data is not there."""
+        parsed = self._parsed.get(hex_digest)
+        if parsed is None:
+            parsed = self._load(hex_digest)
+            self._parsed[hex_digest] = parsed
+        return parsed
+
+    def _load(self, hex_digest):
+        size = self.blobs.size(hex_digest)
+        if size in BLOB_GONE_STATES:
+            return self.GONE
+        if size == BLOB_UNREADABLE:
+            return InvalidManifest("manifest blob unreadable (permission denied or a symlinked directory)")
+        if size > MANIFEST_MAX_BYTES:
+            return InvalidManifest("manifest is larger than %d bytes (%d)" % (MANIFEST_MAX_BYTES, size))
+        try:
+            content = self.blobs.read(hex_digest, MANIFEST_MAX_BYTES)
+        except (FileNotFoundError, NotADirectoryError):
+            return self.GONE
+        except OSError as exc:
+            return InvalidManifest("manifest blob unreadable: %s" % (exc.strerror or exc))
+        try:
+            return parse_manifest(content)
+        except InvalidManifest as exc:
+            return exc
+
+
+class RepositoryLinks:
+    """Link state of one repository, read lazily and at most once per link."""
+
+    def __init__(self, path, fd, errors):
+        self.path = path
+        self.fd = fd
+        self.errors = errors
+        self.revisions_dir = os.path.join(path, "_manifests", "revisions", "sha256")
+        self.layers_dir = os.path.join(path, "_layers", "sha256")
+        self.revisions = {}  # hex -> (state, reason) for every revision dir with a link file
+        self._layers_fd = None
+        self._layer_dirs = None  # names of the real (non-symlink) directories under _layers/sha256
+        self._layer_links = {}
+
+    def close(self):
+        close_fd(self._layers_fd)
+        self._layers_fd = None
+
+    def load_revisions(self):
+        dir_fd = open_subdir(self.fd, ("_manifests", "revisions", "sha256"), self.path, self.errors)
+        if dir_fd is None:
+            return
+        try:
+            for entry, is_dir, _is_link in iter_link_dirs(dir_fd):
+                if not is_dir or not is_hex_digest(entry):
+                    continue  # reported by the blob scan; the registry cannot address it
+                state, _target, reason = read_link_at(dir_fd, entry + "/link", entry)
+                if state != LINK_MISSING:
+                    self.revisions[entry] = (state, reason)
+        finally:
+            close_fd(dir_fd)
+
+    def revision_state(self, hex_digest):
+        return self.revisions.get(hex_digest, (LINK_MISSING, None))
+
+    def _load_layer_dirs(self):
+        self._layer_dirs = set()
+        self._layers_fd = open_subdir(self.fd, ("_layers", "sha256"), self.path, self.errors)
+        if self._layers_fd is not None:
+            self._layer_dirs = {name for name, is_dir, _link in iter_link_dirs(self._layers_fd) if is_dir}
+
+    def layer_state(self, hex_digest):
+        state = self._layer_links.get(hex_digest)
+        if state is None:
+            if self._layer_dirs is None:
+                self._load_layer_dirs()
+            if hex_digest not in self._layer_dirs:
+                state = (LINK_MISSING, None)  # absent, or a symlink (reported by the blob scan)
+            else:
+                link_state, _target, reason = read_link_at(self._layers_fd, hex_digest + "/link", hex_digest)
+                state = (link_state, reason)
+            self._layer_links[hex_digest] = state
+        return state
+
+    def mark_linked(self, kind, hex_digest):
+        """Record a link written by a repair."""
+        if kind == "revision":
+            self.revisions[hex_digest] = (LINK_OK, None)
+        else:
+            if self._layer_dirs is None:
+                self._load_layer_dirs()
+            if self._layers_fd is None:
+                self._layers_fd = open_subdir(self.fd, ("_layers", "sha256"), self.path, self.errors)
+            self._layer_dirs.add(hex_digest)
+            self._layer_links[hex_digest] = (LINK_OK, None)
+
+    def revision_path(self, hex_digest):
+        return os.path.join(self.revisions_dir, hex_digest, "link")
+
+    def layer_path(self, hex_digest):
+        return os.path.join(self.layers_dir, hex_digest, "link")
+
+    def read_tags(self):
+        """{tag: TagLink} for every tag directory of the repository."""
+        tags_dir = os.path.join(self.path, "_manifests", "tags")
+        dir_fd = open_subdir(self.fd, ("_manifests", "tags"), self.path, self.errors)
+        tags = {}
+        if dir_fd is None:
+            return tags
+        try:
+            for tag, is_dir, is_link in iter_link_dirs(dir_fd):
+                link_path = os.path.join(tags_dir, tag, "current", "link")
+                if is_link:
+                    self.errors.add(os.path.join(tags_dir, tag), "symlink not followed")
+                    continue
+                if not is_dir:
+                    continue
+                current_fd = open_subdir(dir_fd, (tag, "current"), tags_dir, self.errors)
+                if current_fd is None:
+                    tags[tag] = TagLink(LINK_MISSING, None, "tag has no current link", link_path, None)
+                    continue
+                try:
+                    state, target, reason = read_link_at(current_fd, "link", None)
+                    updated = None
+                    if state != LINK_MISSING:
+                        updated = os.stat("link", dir_fd=current_fd, follow_symlinks=False).st_mtime
+                finally:
+                    close_fd(current_fd)
+                tags[tag] = TagLink(state, target, reason, link_path, updated)
+        finally:
+            close_fd(dir_fd)
+        return tags
