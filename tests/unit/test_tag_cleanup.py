@@ -1,0 +1,161 @@
+"""registry_tag_cleanup logic: keep the newest tags, never break what is kept."""
+
+import json
+import os
+
+import pytest
+from storage_tree import digest, sha256_hex, snapshot
+
+from ansible_collections.regwarden.registry.plugins.module_utils._index_audit import audit_indexes, count_findings
+from ansible_collections.regwarden.registry.plugins.module_utils._storage import ScanError
+from ansible_collections.regwarden.registry.plugins.module_utils._tag_cleanup import cleanup_tags
+
+
+def age_tags(tree, repo, tags_oldest_first, start=1_700_000_000):
+    """Give the tags' current links increasing mtimes: the last one is the newest push."""
+    for offset, tag in enumerate(tags_oldest_first):
+        os.utime(tree.tag_link_path(repo, tag), (start + offset * 60, start + offset * 60))
+
+
+def remaining_tags(tree, repo):
+    tags_dir = tree.repo_dir(repo) / "_manifests" / "tags"
+    return sorted(path.name for path in tags_dir.iterdir()) if tags_dir.is_dir() else []
+
+
+def test_keeps_the_newest_tags_by_last_push_not_by_name(private, storage):
+    tags = ["b1", "a2", "c3", "a4"]  # push order; names deliberately unsorted
+    for tag in tags:
+        private.push_image("app", "img-" + tag, tags=[tag])
+    age_tags(private, "app", tags)
+    result = cleanup_tags(str(storage), keep=2)
+    assert remaining_tags(private, "app") == ["a4", "c3"]
+    assert [f["tag"] for f in result["removed_tags"]] == ["a2", "b1"]
+    assert result["removed_tags"][0]["updated"] == "2023-11-14T22:14:20Z"
+    assert result["summary"]["private"] == {"repositories": 1, "tags": 4, "kept_tags": 2, "removed_tags": 2,
+                                            "removed_revisions": 0, "removed_layer_links": 0}
+    assert (result["changed"], result["restart_required"]) == (True, True)
+    # Untagging alone leaves every manifest servable by digest.
+    assert count_findings(audit_indexes(str(storage))) == 0
+
+
+def test_include_exclude_and_first_matching_rule(private, storage):
+    for repo in ("ci/cache", "team/app"):
+        tags = ["latest", "v1.0.0", "build-1", "build-2", "build-3"]
+        for tag in tags:
+            private.push_image(repo, repo + tag, tags=[tag])
+        age_tags(private, repo, tags)
+    cleanup_tags(str(storage), keep=2, exclude=r"latest|v\d+\.\d+\.\d+",
+                 rules=[{"repository": "ci/.*", "keep": 1, "include": "build-.*"}])
+    # ci/cache: only build-* considered, keep 1; the rule's include replaces the default exclude's role.
+    assert remaining_tags(private, "ci/cache") == ["build-3", "latest", "v1.0.0"]
+    # team/app: release tags excluded, keep the 2 newest builds.
+    assert remaining_tags(private, "team/app") == ["build-2", "build-3", "latest", "v1.0.0"]
+
+
+def test_check_mode_reports_and_removes_nothing(private, storage):
+    tags = ["1", "2", "3"]
+    for tag in tags:
+        private.push_multiarch("app", "m" + tag, tags=[tag])
+    age_tags(private, "app", tags)
+    before = snapshot(storage)
+    result = cleanup_tags(str(storage), keep=1, delete_untagged=True, check_mode=True)
+    assert [f["tag"] for f in result["removed_tags"]] == ["1", "2"]
+    assert len(result["removed_revisions"]) == 2 * 3  # two indexes and their two children each
+    assert (result["changed"], result["restart_required"]) == (True, False)
+    assert snapshot(storage) == before
+
+
+def test_delete_untagged_never_touches_children_of_a_kept_index(private, storage):
+    old, (old_amd, old_arm) = private.push_multiarch("app", "old", tags=["old"])
+    new, (new_amd, new_arm) = private.push_multiarch("app", "new", tags=["new"])
+    # A newer index reuses the old arm64 child: removing "old" must not unlink it.
+    shared = private.push_index("app", [(old_arm, {"os": "linux", "architecture": "arm64", "variant": "v8"}),
+                                        (new_amd, {"os": "linux", "architecture": "amd64"})], tags=["mixed"])
+    loose = private.push_image("app", "pushed-by-digest")  # untagged, reached by nothing
+    age_tags(private, "app", ["old", "new", "mixed"])
+    result = cleanup_tags(str(storage), keep=2, delete_untagged=True)
+    assert remaining_tags(private, "app") == ["mixed", "new"]
+    assert sorted(f["digest"] for f in result["removed_revisions"]) == sorted(
+        [digest(old), digest(old_amd), digest(loose)])
+    for kept in (new, new_amd, new_arm, shared, old_arm):
+        assert private.revision_link_path("app", kept).is_file(), kept
+    # The freed blobs are exactly those only the removed manifests used.
+    old_amd_doc = json.loads(private.data_path(old_amd).read_bytes())
+    loose_doc = json.loads(private.data_path(loose).read_bytes())
+    freed = {d["digest"][7:] for doc in (old_amd_doc, loose_doc) for d in [doc["config"], *doc["layers"]]}
+    assert result["removed_layer_links"] == sorted(str(private.layer_link_path("app", h)) for h in freed)
+    # Every kept tag still pulls completely (nothing the audit can find).
+    assert count_findings(audit_indexes(str(storage))) == 0
+
+
+def test_blobs_still_used_by_a_kept_image_keep_their_links(private, storage):
+    base = b"shared base layer"
+    private.push_image("app", "one", layers=[base, b"one"], tags=["1"])
+    private.push_image("app", "two", layers=[base, b"two"], tags=["2"])
+    age_tags(private, "app", ["1", "2"])
+    result = cleanup_tags(str(storage), keep=1, delete_untagged=True)
+    assert private.layer_link_path("app", sha256_hex(base)).is_file()
+    assert str(private.layer_link_path("app", sha256_hex(b"one"))) in result["removed_layer_links"]
+    assert count_findings(audit_indexes(str(storage))) == 0
+
+
+def test_repository_with_an_unreadable_tag_is_left_alone_by_delete_untagged(private, storage):
+    private.push_image("app", "tagged", tags=["good"])
+    loose = private.push_image("app", "maybe-needed")
+    private.tag("app", "broken", loose, content="garbage")
+    result = cleanup_tags(str(storage), keep=5, delete_untagged=True)
+    assert result["removed_revisions"] == []
+    assert result["skipped_repositories"] == [
+        {"registry": "private", "repo": "app", "reason": "tags with an unreadable current link: broken"}]
+    assert private.revision_link_path("app", loose).is_file()
+
+
+def test_second_run_changes_nothing(private, storage):
+    for tag in ("1", "2", "3"):
+        private.push_multiarch("app", "m" + tag, tags=[tag])
+    age_tags(private, "app", ["1", "2", "3"])
+    cleanup_tags(str(storage), keep=1, delete_untagged=True)
+    before = snapshot(storage)
+    again = cleanup_tags(str(storage), keep=1, delete_untagged=True)
+    assert again["changed"] is False
+    assert snapshot(storage) == before
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"keep": 0}, "keep must be a whole number of at least 1"),
+    ({"keep": 2, "include": "("}, "include is not a valid regular expression"),
+    ({"keep": 2, "rules": [{"keep": 1}]}, "rules[0] needs a 'repository'"),
+    ({"keep": 2, "rules": [{"repository": ".*", "kept": 1}]}, "rules[0] has unknown keys: kept"),
+])
+def test_bad_options_are_clear_errors(private, storage, kwargs, message):
+    private.push_image("app", "x", tags=["1"])
+    with pytest.raises(ScanError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        cleanup_tags(str(storage), **kwargs)
+
+
+def test_cleanup_follows_no_symlinked_tag_directory(private, storage, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("keep me")
+    private.push_image("app", "a", tags=["1"])
+    private.push_image("app", "b", tags=["2"])
+    age_tags(private, "app", ["1", "2"])
+    os.symlink(outside, private.repo_dir("app") / "_manifests" / "tags" / "evil")
+    result = cleanup_tags(str(storage), keep=1)
+    assert (outside / "precious").read_text() == "keep me"
+    assert [f["tag"] for f in result["removed_tags"]] == ["1"]
+    assert any(e["error"] == "symlink not followed" for e in result["scan_errors"])
+
+
+def test_blobs_of_a_kept_orphan_child_stay_linked_for_its_repair(private, storage):
+    index, (_amd, arm) = private.push_multiarch("app", "multi", tags=["v1"])
+    arm_doc = json.loads(private.data_path(arm).read_bytes())
+    private.delete_revision("app", arm)  # the child lost its revision link: repairable later
+    arm_layer = arm_doc["layers"][0]["digest"][7:]
+    # An untagged image that shares the orphan child's layer: deleting it must keep that link.
+    loose = private.put_manifest("app", dict(arm_doc, annotations={"loose": "yes"}))
+    result = cleanup_tags(str(storage), keep=5, delete_untagged=True)
+    assert [f["digest"] for f in result["removed_revisions"]] == [digest(loose)]
+    assert private.layer_link_path("app", arm_layer).is_file()
+    [orphan] = audit_indexes(str(storage), repair=True)["orphan_index_children"]
+    assert (orphan["index_digest"], orphan["repair"]) == (digest(index), "repaired")
