@@ -1,0 +1,79 @@
+"""Run a module through the real ``ansible`` CLI (ad-hoc) and return its result as a dict.
+
+The module goes through Ansible's whole path (argument spec, module_utils shipping, check and
+diff mode, JSON result), not a Python import. The ``json`` stdout callback makes the result
+machine-readable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ANSIBLE_TIMEOUT_S = 300
+
+
+@dataclass
+class ModuleRun:
+    command: list[str]
+    rc: int
+    stdout: str
+    stderr: str
+    result: dict
+    seconds: float
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.result.get("failed"))
+
+
+def ansible_bin() -> str:
+    """The ``ansible`` next to the running interpreter (the project venv), else on PATH."""
+    candidate = Path(sys.executable).parent / "ansible"
+    return str(candidate) if candidate.exists() else "ansible"
+
+
+def run_module(module: str, args: dict, *, check: bool = False, diff: bool = False,
+               timeout: float = ANSIBLE_TIMEOUT_S) -> ModuleRun:
+    """``ansible localhost -m MODULE -a JSON`` from the repository root; the host's result.
+
+    ``module`` may be the FQCN (``regwarden.registry.registry_blob_scan``) or the short name.
+    """
+    command = [
+        ansible_bin(), "localhost",
+        "-i", "localhost,", "-c", "local",
+        # The venv's interpreter: interpreter discovery would pick the system python.
+        "-e", f"ansible_python_interpreter={sys.executable}",
+        "-m", module, "-a", json.dumps(args),
+    ]
+    if check:
+        command.append("--check")
+    if diff:
+        command.append("--diff")
+    env = dict(os.environ)
+    env.update({
+        "ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg"),
+        "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
+        "ANSIBLE_STDOUT_CALLBACK": "json",
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_DEPRECATION_WARNINGS": "0",
+    })
+    started = time.monotonic()
+    proc = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+    seconds = time.monotonic() - started
+    try:
+        output = json.loads(proc.stdout)
+        result = output["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    except (ValueError, KeyError, IndexError) as exc:
+        raise AssertionError(
+            f"could not parse ansible output ({exc}); rc={proc.returncode}\n"
+            f"command: {command}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+        ) from exc
+    return ModuleRun(command, proc.returncode, proc.stdout, proc.stderr, result, seconds)
