@@ -19,6 +19,8 @@ require_root() {
 APT_PACKAGES=(
   python3 python3-venv python3-pip ca-certificates curl git make
   docker.io docker-compose docker-registry debootstrap
+  apache2-utils openssl
+  time
 )
 
 install_apt_packages() {

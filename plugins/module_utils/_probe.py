@@ -115,11 +115,10 @@ class Response:
 
 def describe_error(exc):
     """A one-line reason for a network error (URLError hides the real one in ``reason``)."""
-    reason = getattr(exc, "reason", None)
-    if isinstance(exc, urllib.error.URLError) and reason is not None:
-        exc = reason if isinstance(reason, BaseException) else exc
-        if not isinstance(exc, BaseException):
-            return str(reason)
+    if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError):
+        if not isinstance(exc.reason, BaseException):
+            return str(exc.reason)
+        exc = exc.reason
     if isinstance(exc, socket.timeout):
         return "timed out"
     text = str(exc) or type(exc).__name__
@@ -383,11 +382,16 @@ class _Auth:
         self.client.count_request()
         try:
             body = _read_limited(response, ERROR_BODY_BYTES)
+        except TransportError as exc:
+            raise ProbeError("token server %s for %s broke off: %s" % (realm, self.client.url, exc)) from None
         finally:
             response.close()
         if response.status in (401, 403):
+            if not self.username:
+                raise AuthError("%s requires authentication: the token server %s answered %d to an anonymous "
+                                "request; set username and password" % (self.client.url, realm, response.status))
             raise AuthError("authentication failed for %s as %s: %d from the token server %s%s" % (
-                self.client.url, self.username or "(anonymous)", response.status, realm,
+                self.client.url, self.username, response.status, realm,
                 _suffix(registry_error(body) or _text(body))))
         if response.status != 200:
             raise ProbeError("token server %s answered %d: %s" % (realm, response.status, _text(body)))
@@ -408,23 +412,25 @@ class _Auth:
         """
         challenges = dict(parse_challenges(response.header("www-authenticate")))
         detail = registry_error(getattr(response, "error_body", b""))
-        if not self.username:
-            raise AuthError("%s requires authentication (401%s): set username and password" % (
-                self.client.url, _suffix(detail)))
+        user = self.username or "(anonymous)"
         if "bearer" in challenges:
+            # Without a username the token is asked for anonymously (public registries grant pull).
             params = challenges["bearer"]
             if sent and self.mode == "bearer":
                 if params.get("error") == "insufficient_scope":
                     raise AuthError("%s as %s is not authorized for %s (401 insufficient_scope)" % (
-                        self.client.url, self.username, params.get("scope") or scope or "the registry"))
+                        self.client.url, user, params.get("scope") or scope or "the registry"))
                 if retried:
                     raise AuthError("authentication failed for %s as %s: 401 with a fresh token%s" % (
-                        self.client.url, self.username, _suffix(detail)))
+                        self.client.url, user, _suffix(detail)))
             # First challenge, or a cached token expired early: fetch one for this scope.
             self.mode = "bearer"
             self.bearer = {"realm": params.get("realm"), "service": params.get("service")}
             self.token(scope, challenge_scope=params.get("scope", scope), refresh=True)
             return
+        if not self.username:
+            raise AuthError("%s requires authentication: 401%s; set username and password" % (
+                self.client.url, _suffix(detail)))
         if "basic" in challenges:
             if sent and self.mode == "basic":
                 raise AuthError("authentication failed for %s as %s: 401%s" % (
@@ -550,7 +556,7 @@ class RegistryHTTP:
         absolute = url if "://" in url else self.url + url
         return response.status, doc, None, next_link(response.header("link"), absolute)
 
-    def fetch(self, method, path, scope, accept=None, keep_body=False, hash_body=True):
+    def fetch(self, method, path, scope, accept=None, keep_body=False):
         """Fetch and account: status, Content-Length, bytes, sha256 of the body."""
         fetch = Fetch(method)
         try:
@@ -582,14 +588,12 @@ class RegistryHTTP:
                 if not chunk:
                     break
                 fetch.received += len(chunk)
-                if hash_body:
-                    digest.update(chunk)
+                digest.update(chunk)
                 if chunks is not None:
                     chunks.append(chunk)
             fetch.too_large = limit is not None and fetch.received >= limit
             self.count_bytes(fetch.received)
-            if hash_body:
-                fetch.actual_digest = "sha256:" + digest.hexdigest()
+            fetch.actual_digest = "sha256:" + digest.hexdigest()
             if chunks is not None:
                 fetch.body = b"".join(chunks)
             return fetch
@@ -639,23 +643,14 @@ class RegistryProbe:
         self.concurrency = int(concurrency)
         self.page_size = int(page_size)
         self.findings = []
-        self._abort = threading.Event()
 
     # -- helpers ---------------------------------------------------------------------
 
-    def _map(self, func, items, pool):
-        """``func`` over ``items`` in the pool, results in order; the first error stops the rest."""
-
-        def guarded(item):
-            if self._abort.is_set():
-                return None
-            try:
-                return func(item)
-            except BaseException:
-                self._abort.set()
-                raise
-
-        return list(pool.map(guarded, items))
+    @staticmethod
+    def _map(func, items, pool):
+        """``func`` over ``items`` in the pool, results in order. The first error propagates
+        and ``Executor.map`` cancels the calls not yet started."""
+        return list(pool.map(func, items))
 
     def _finding(self, repo, tag, digest, kind, fetch, reason, **extra):
         status = fetch.status if fetch and fetch.status is not None else (fetch.error if fetch else None)
@@ -674,45 +669,44 @@ class RegistryProbe:
 
     # -- listing ---------------------------------------------------------------------
 
+    def _pages(self, path, key, scope):
+        """All entries of a paginated listing: ``(names, status, error)``; error None when complete.
+
+        Asks for ``page_size`` entries a page and follows ``Link: <...>; rel="next"``. A 2.8
+        registry refuses ``n`` above its ``catalog.maxentries`` (400 PAGINATION_NUMBER_INVALID):
+        then the first page is asked again without ``n`` (the registry picks its maximum).
+        """
+        names = []
+        url = "%s?%s" % (path, urlencode({"n": self.page_size}))
+        seen = set()
+        for page in range(MAX_PAGES):
+            status, doc, error, nxt = self.http.get_json(url, scope)
+            if page == 0 and status == 400 and "PAGINATION_NUMBER_INVALID" in (error or ""):
+                status, doc, error, nxt = self.http.get_json(path, scope)
+            entries = _json_list(doc, key)
+            if error or entries is None:
+                return names, status, error or "no %s list in the answer" % key
+            names += entries
+            if not nxt or nxt in seen:
+                return names, status, None
+            seen.add(nxt)
+            url = nxt
+        return names, None, "more than %d pages" % MAX_PAGES
+
     def _catalog(self):
         """(repositories, reachable)."""
-        repos = []
-        url = "/v2/_catalog?" + urlencode({"n": self.page_size})
-        seen = set()
-        for _ in range(MAX_PAGES):
-            status, doc, error, nxt = self.http.get_json(url, "registry:catalog:*")
-            names = _json_list(doc, "repositories")
-            if error or names is None:
-                self._finding(None, None, None, KIND_CATALOG, _listing_fetch(status, error),
-                              "catalog: %s" % (error or "no repositories list in the answer"))
-                return sorted(set(repos)), False
-            repos += names
-            if not nxt or nxt in seen:
-                return sorted(set(repos)), True
-            seen.add(nxt)
-            url = nxt
-        self._finding(None, None, None, KIND_CATALOG, None, "catalog: more than %d pages" % MAX_PAGES)
-        return sorted(set(repos)), False
+        repos, status, error = self._pages("/v2/_catalog", "repositories", "registry:catalog:*")
+        if error:
+            self._finding(None, None, None, KIND_CATALOG, _listing_fetch(status, error), "catalog: %s" % error)
+        return sorted(set(repos)), error is None
 
     def _tags(self, repo):
-        """Tags of ``repo`` to probe (listed and matching, plus literal ones asked for by name)."""
-        listed = []
-        url = "/v2/%s/tags/list?%s" % (quote(repo, safe="/"), urlencode({"n": self.page_size}))
-        seen = set()
+        """Tags of ``repo`` to probe (listed and matching, plus literal ones asked for by name),
+        and the listing failure (status, error) or None."""
+        listed, status, error = self._pages("/v2/%s/tags/list" % quote(repo, safe="/"), "tags", _repo_scope(repo))
         failure = None
-        for _ in range(MAX_PAGES):
-            status, doc, error, nxt = self.http.get_json(url, _repo_scope(repo))
-            if status == 404:
-                break  # no tags (2.8 answers NAME_UNKNOWN for a repo without a tags directory)
-            names = _json_list(doc, "tags")
-            if error or names is None:
-                failure = (status, error or "no tags list in the answer")
-                break
-            listed += names
-            if not nxt or nxt in seen:
-                break
-            seen.add(nxt)
-            url = nxt
+        if error and status != 404:  # 404: no tags (2.8's NAME_UNKNOWN for a repo without a tags dir)
+            failure = (status, error)
         wanted = {t for t in listed if self.matches(t)}
         if self.repositories is not None:
             wanted |= set(literal_tags(self.tag_patterns))
@@ -820,7 +814,6 @@ class RegistryProbe:
             blob_nodes = [blobs[key] for key in sorted(blobs)]
             fetches = self._map(self._get_blob, blob_nodes, pool)
         finally:
-            self._abort.set()
             pool.shutdown(wait=True)
         for node in manifests:
             if node.problem:

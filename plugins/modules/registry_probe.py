@@ -36,6 +36,8 @@ options:
     description:
       - User name for Basic auth or for the token server. Credentials are sent only when the
         registry asks for them, and never to another host on a redirect.
+      - Without it, a registry asking for a Bearer token gets one requested anonymously (as
+        public registries grant pull access); one asking for Basic auth fails the task.
     type: str
   password:
     description:
@@ -176,7 +178,7 @@ unfetchable:
     tag:
       description: The tag asked for; null for references fetched by digest.
       type: str
-    digest: {description: Digest of the reference (sha256 hex), null when unknown., type: str}
+    digest: {description: "Digest of the reference (C(sha256:<hex>)), null when unknown.", type: str}
     kind:
       description:
         - V(manifest) (a tag, or a tag's manifest by digest), V(index_child), V(config),
@@ -195,7 +197,7 @@ unfetchable:
     platform:
       description: For an index child, its C(os), C(architecture) and C(variant) (null when absent).
       type: dict
-    attestation: {description: For an index child, whether it is a build attestation., type: bool}
+    attestation: {description: "For an index child, whether it is a build attestation.", type: bool}
 counts:
   description: What the probe walked.
   returned: success

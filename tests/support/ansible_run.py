@@ -77,3 +77,61 @@ def run_module(module: str, args: dict, *, check: bool = False, diff: bool = Fal
             f"command: {command}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
         ) from exc
     return ModuleRun(command, proc.returncode, proc.stdout, proc.stderr, result, seconds)
+
+
+@dataclass
+class PlaybookRun:
+    command: list[str]
+    rc: int
+    stdout: str
+    stderr: str
+    output: dict
+    seconds: float
+
+    def task_result(self, name_prefix: str, host: str = "localhost") -> dict:
+        """The result of the first task whose name starts with ``name_prefix``."""
+        for play in self.output.get("plays", []):
+            for task in play.get("tasks", []):
+                if task["task"]["name"].startswith(name_prefix):
+                    return task["hosts"][host]
+        raise AssertionError(f"no task {name_prefix!r} ran; stdout:\n{self.stdout[-4000:]}\n{self.stderr[-2000:]}")
+
+
+def run_playbook(playbook: str | Path, extra_vars: dict, *, timeout: float = ANSIBLE_TIMEOUT_S) -> PlaybookRun:
+    """``ansible-playbook PLAYBOOK -e @vars.json`` against localhost (the venv's interpreter).
+
+    Extra vars go through a temporary file (mode 0600), so secrets stay off the command line.
+    """
+    import tempfile
+
+    playbook_bin = str(Path(ansible_bin()).with_name("ansible-playbook"))
+    env = dict(os.environ)
+    env.update({
+        "ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg"),
+        "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
+        "ANSIBLE_STDOUT_CALLBACK": "json",
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_DEPRECATION_WARNINGS": "0",
+    })
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="extra-vars-") as handle:
+        json.dump(extra_vars, handle)
+        handle.flush()
+        command = [
+            playbook_bin if Path(playbook_bin).exists() else "ansible-playbook",
+            "-i", "localhost,", "-c", "local",
+            "-e", f"ansible_python_interpreter={sys.executable}",
+            "-e", f"@{handle.name}",
+            str(playbook),
+        ]
+        started = time.monotonic()
+        proc = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+    seconds = time.monotonic() - started
+    try:
+        output = json.loads(proc.stdout)
+    except ValueError as exc:
+        raise AssertionError(
+            f"could not parse ansible-playbook output ({exc}); rc={proc.returncode}\n"
+            f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+        ) from exc
+    return PlaybookRun(command, proc.returncode, proc.stdout, proc.stderr, output, seconds)

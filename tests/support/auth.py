@@ -148,7 +148,7 @@ class TokenServer:
         server_self = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server's naming)
+            def do_GET(self):  # http.server dispatches on this name
                 server_self._handle(self)
 
             def log_message(self, *args):  # keep pytest output clean
