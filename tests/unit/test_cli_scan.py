@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from storage_tree import digest
 
-from ansible_collections.regwarden.registry.plugins.module_utils import _scan_cli
+from ansible_collections.regwarden.registry.plugins.module_utils import _cli
 
 COLLECTIONS_DIR = Path(__file__).resolve().parents[2] / ".collections"
 BLOB_KINDS = ("orphan_layer_links", "invalid_link_files", "zero_byte_blobs", "corrupt_blobs")
@@ -36,7 +36,7 @@ def findings_metric(families):
 def run(tmp_path, *args):
     report = tmp_path / "out" / "scan.json"
     prom = tmp_path / "out" / "regwarden_scan.prom"
-    code = _scan_cli.main([*args, "--report", str(report), "--prom", str(prom)])
+    code = _cli.main(["scan", *args, "--report", str(report), "--prom", str(prom)])
     return code, report, prom
 
 
@@ -44,7 +44,7 @@ def test_clean_tree_exits_0(private, storage, tmp_path, capsys):
     private.push_multiarch("app", "multi", tags=["v1"])
     before = int(time.time())
     code, report, prom = run(tmp_path, "--path", str(storage))
-    assert code == _scan_cli.EXIT_CLEAN == 0
+    assert code == _cli.EXIT_CLEAN == 0
 
     data = json.loads(report.read_text())
     assert {"generated_at", "blob_scan", "index_audit"} <= set(data)
@@ -73,7 +73,7 @@ def test_findings_exit_1_with_counts_per_registry_and_kind(make_registry, storag
     cache.delete_revision("library/nginx", amd)  # normal in a cache: not audited by default
 
     code, report, prom = run(tmp_path, "--path", str(storage))
-    assert code == _scan_cli.EXIT_FINDINGS == 1
+    assert code == _cli.EXIT_FINDINGS == 1
     data = json.loads(report.read_text())
     assert data["findings"] == 3
     assert data["index_audit"]["registries"] == ["private"]
@@ -118,9 +118,9 @@ def test_registry_options(make_registry, storage, tmp_path):
 def test_scan_that_cannot_run_exits_2(private, tmp_path, capsys, args, message):
     args = [arg.format(tmp=tmp_path) for arg in args]
     code, report, prom = run(tmp_path, *args)
-    assert code == _scan_cli.EXIT_ERROR == 2
+    assert code == _cli.EXIT_ERROR == 2
     err = capsys.readouterr().err
-    assert err.startswith("regwarden-scan: " + message.format(tmp=tmp_path))
+    assert err.startswith("regwarden scan: " + message.format(tmp=tmp_path))
     assert "Traceback" not in err
     assert message.format(tmp=tmp_path) in json.loads(report.read_text())["error"]
     families = metrics(prom)
@@ -158,7 +158,7 @@ def test_outputs_replace_old_files_atomically(private, storage, tmp_path, monkey
         return original_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", checking_replace)
-    code = _scan_cli.main(["--path", str(storage), "--report", str(report), "--prom", str(prom)])
+    code = _cli.main(["scan", "--path", str(storage), "--report", str(report), "--prom", str(prom)])
     assert code == 0
     assert replaced == ["scan.json", "regwarden_scan.prom"]
     assert sorted(p.name for p in out.iterdir()) == ["regwarden_scan.prom", "scan.json"]  # no temp left
@@ -175,7 +175,7 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatc
 
     monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(OSError):
-        _scan_cli.write_atomically(str(target), "new")
+        _cli.write_atomically(str(target), "new")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["scan.json"]
 
@@ -185,8 +185,8 @@ def test_runs_as_a_module_with_only_pythonpath(private, storage, tmp_path):
     prom = tmp_path / "textfile" / "regwarden_scan.prom"
     env = dict(os.environ, PYTHONPATH=str(COLLECTIONS_DIR))
     proc = subprocess.run(
-        [sys.executable, "-m", "ansible_collections.regwarden.registry.plugins.module_utils._scan_cli",
-         "--path", str(storage), "--prom", str(prom)],
+        [sys.executable, "-m", "ansible_collections.regwarden.registry.plugins.module_utils._cli",
+         "scan", "--path", str(storage), "--prom", str(prom)],
         env=env, capture_output=True, text=True, timeout=60, check=False, cwd=str(tmp_path),
     )
     assert proc.returncode == 1, proc.stderr

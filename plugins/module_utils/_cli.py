@@ -1,0 +1,265 @@
+# Copyright: regwarden.registry contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Maintenance on the registry VM: the modules' own code, run by systemd timers without Ansible.
+
+    PYTHONPATH=<dir holding ansible_collections> python3 -m \
+        ansible_collections.regwarden.registry.plugins.module_utils._cli COMMAND [options]
+
+    scan         registry_blob_scan + registry_index_audit; --report JSON, --prom textfile
+    tag-cleanup  registry_tag_cleanup (run it with the registry read-only, then GC and restart)
+    probe        registry_probe over HTTP(S); --prom textfile with the last success time
+
+Exit status: 0 clean / done, 1 findings present, 2 could not run (bad input, unreachable,
+authentication failed).
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+from ansible_collections.regwarden.registry.plugins.module_utils import (
+    _blob_scan,
+    _index_audit,
+    _probe,
+    _tag_cleanup,
+)
+from ansible_collections.regwarden.registry.plugins.module_utils._storage import ScanError, find_registries
+
+EXIT_CLEAN = 0
+EXIT_FINDINGS = 1
+EXIT_ERROR = 2
+
+BLOB_KINDS = ("orphan_layer_links", "invalid_link_files", "zero_byte_blobs", "corrupt_blobs")
+
+
+def _names(value):
+    return [name for name in (part.strip() for part in value.split(",")) if name] if value else None
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="regwarden",
+        description="Registry maintenance with the regwarden.registry collection's own code.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    scan = commands.add_parser("scan", help="scan storage for damage (blob scan + index audit)")
+    scan.add_argument("--path", default="/opt/registry/data", help="directory holding one directory per registry")
+    scan.add_argument("--registries", help="comma-separated registries for the blob scan (default: all)")
+    scan.add_argument("--index-registries", default="private",
+                      help="comma-separated registries for the index audit (default: private; "
+                           "registries not present under --path are skipped)")
+    scan.add_argument("--verify-digests", action="store_true", help="hash every blob (expensive)")
+    scan.add_argument("--report", help="write the JSON report here (atomically)")
+    scan.add_argument("--prom", help="write Prometheus textfile metrics here (atomically)")
+
+    cleanup = commands.add_parser("tag-cleanup", help="keep the newest tags per repository")
+    cleanup.add_argument("--path", default="/opt/registry/data")
+    cleanup.add_argument("--registries", default="private", help="comma-separated registries (default: private)")
+    cleanup.add_argument("--keep", type=int, default=10, help="tags to keep per repository, newest first")
+    cleanup.add_argument("--include", help="regular expression of tags considered for removal")
+    cleanup.add_argument("--exclude", help="regular expression of tags never removed")
+    cleanup.add_argument("--rules", help="JSON list of per-repository rules {repository, keep, include, exclude}")
+    cleanup.add_argument("--delete-untagged", action="store_true",
+                         help="also unlink manifests no remaining tag reaches (never children of kept indexes)")
+    cleanup.add_argument("--report", help="write the JSON report here (atomically)")
+
+    probe = commands.add_parser("probe", help="walk a registry over HTTP(S) the way a client pulls")
+    probe.add_argument("--url", required=True)
+    probe.add_argument("--username")
+    probe.add_argument("--password-file", help="file holding the password (never pass it on the command line)")
+    probe.add_argument("--ca-path", help="CA bundle that signs the registry's certificate")
+    probe.add_argument("--insecure", action="store_true", help="do not validate the TLS certificate")
+    probe.add_argument("--timeout", type=float, default=30.0)
+    probe.add_argument("--concurrency", type=int, default=_probe.DEFAULT_CONCURRENCY)
+    probe.add_argument("--verify-blobs", action="store_true", help="GET every blob and check size and sha256")
+    probe.add_argument("--repositories", help="comma-separated repositories (default: the catalog)")
+    probe.add_argument("--tags", help="comma-separated tag globs (default: all tags)")
+    probe.add_argument("--report", help="write the JSON report here (atomically)")
+    probe.add_argument("--prom", help="write Prometheus textfile metrics here (atomically)")
+    return parser.parse_args(argv)
+
+
+def run_scan(args):
+    present = {name for name, _ in find_registries(args.path)}
+    blob = _blob_scan.scan_blobs(args.path, registries=_names(args.registries),
+                                 verify_digests=args.verify_digests)
+    wanted = _names(args.index_registries) or []
+    index = _index_audit.audit_indexes(args.path, registries=[name for name in wanted if name in present])
+    return {
+        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "path": os.path.abspath(args.path),
+        "findings": _blob_scan.count_findings(blob) + _index_audit.count_findings(index),
+        "blob_scan": blob,
+        "index_audit": index,
+    }
+
+
+def _escape_label(value):
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def render_scan_prom(report, success, now):
+    """Prometheus text exposition: per-registry finding counts by kind, last run time, success."""
+    lines = [
+        "# HELP regwarden_scan_findings Storage findings of the last scan, by registry and kind.",
+        "# TYPE regwarden_scan_findings gauge",
+    ]
+    if report is not None:
+        sections = ((report["blob_scan"], BLOB_KINDS), (report["index_audit"], _index_audit.FINDING_KEYS))
+        for section, kinds in sections:
+            for registry in sorted(section["summary"]):
+                for kind in kinds:
+                    lines.append('regwarden_scan_findings{registry="%s",kind="%s"} %d'
+                                 % (_escape_label(registry), kind, section["summary"][registry][kind]))
+    lines += [
+        "# HELP regwarden_scan_last_run_timestamp_seconds When the last scan finished.",
+        "# TYPE regwarden_scan_last_run_timestamp_seconds gauge",
+        "regwarden_scan_last_run_timestamp_seconds %d" % now,
+        "# HELP regwarden_scan_success 1 if the last scan ran to the end, 0 if it could not run.",
+        "# TYPE regwarden_scan_success gauge",
+        "regwarden_scan_success %d" % (1 if success else 0),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_atomically(path, text):
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".regwarden-", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _write_report(path, payload):
+    if path:
+        write_atomically(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def command_scan(args):
+    report = None
+    error = None
+    try:
+        report = run_scan(args)
+    except ScanError as exc:
+        error = str(exc)
+    _write_report(args.report, report if report is not None else {"error": error})
+    if args.prom:
+        write_atomically(args.prom, render_scan_prom(report, report is not None, int(time.time())))
+    if report is None:
+        print("regwarden scan: %s" % error, file=sys.stderr)
+        return EXIT_ERROR
+    summary = {"blob_scan": report["blob_scan"]["summary"], "index_audit": report["index_audit"]["summary"]}
+    print(json.dumps({"findings": report["findings"], "summary": summary}, sort_keys=True))
+    return EXIT_FINDINGS if report["findings"] else EXIT_CLEAN
+
+
+def command_tag_cleanup(args):
+    try:
+        rules = json.loads(args.rules) if args.rules else None
+        if rules is not None and not isinstance(rules, list):
+            raise ScanError("--rules must be a JSON list of objects")
+        result = _tag_cleanup.cleanup_tags(
+            args.path, args.keep, include=args.include, exclude=args.exclude, rules=rules,
+            registries=_names(args.registries), delete_untagged=args.delete_untagged)
+    except ValueError as exc:
+        result, error = None, "--rules is not valid JSON: %s" % exc
+    except ScanError as exc:
+        result, error = None, str(exc)
+    _write_report(args.report, result if result is not None else {"error": error})
+    if result is None:
+        print("regwarden tag-cleanup: %s" % error, file=sys.stderr)
+        return EXIT_ERROR
+    print(json.dumps({"summary": result["summary"], "restart_required": result["restart_required"]},
+                     sort_keys=True))
+    return EXIT_CLEAN
+
+
+def _previous_gauge(path, name):
+    """A gauge's value in an existing textfile (to carry the last success time over a failure)."""
+    try:
+        with open(path) as handle:
+            for line in handle:
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def render_probe_prom(result, error, now, last_success):
+    lines = []
+
+    def gauge(name, help_text, value):
+        lines.extend(["# HELP %s %s" % (name, help_text), "# TYPE %s gauge" % name, "%s %s" % (name, value)])
+
+    gauge("regwarden_probe_success", "1 if the last probe ran to the end, 0 if it could not run.",
+          0 if error else 1)
+    gauge("regwarden_probe_last_run_timestamp_seconds", "When the last probe finished.", now)
+    if last_success is not None:
+        gauge("regwarden_probe_last_success_timestamp_seconds", "When a probe last ran to the end.",
+              int(last_success))
+    if result is not None:
+        gauge("regwarden_probe_findings", "References a client could not fetch in the last probe.",
+              len(result["unfetchable"]))
+        reachable = result["catalog_reachable"]
+        if reachable is not None:
+            gauge("regwarden_probe_catalog_reachable", "1 if the catalog answered in the last probe.",
+                  1 if reachable else 0)
+        gauge("regwarden_probe_duration_seconds", "Duration of the last probe.", result["duration_seconds"])
+    return "\n".join(lines) + "\n"
+
+
+def command_probe(args):
+    now = int(time.time())
+    last_success = _previous_gauge(args.prom, "regwarden_probe_last_success_timestamp_seconds") if args.prom \
+        else None
+    result = None
+    error = None
+    try:
+        password = None
+        if args.password_file:
+            with open(args.password_file) as handle:
+                password = handle.read().strip()
+        transport = _probe.urllib_transport(validate_certs=not args.insecure, ca_path=args.ca_path,
+                                            timeout=args.timeout)
+        result = _probe.probe_registry(
+            transport, args.url, username=args.username, password=password,
+            repositories=_names(args.repositories), tags=_names(args.tags),
+            verify_blobs=args.verify_blobs, concurrency=args.concurrency)
+        last_success = now
+    except OSError as exc:
+        error = "cannot read the password file: %s" % (exc.strerror or exc)
+    except _probe.ProbeError as exc:
+        error = str(exc)
+    _write_report(args.report, result if result is not None else {"error": error})
+    if args.prom:
+        write_atomically(args.prom, render_probe_prom(result, error, now, last_success))
+    if result is None:
+        print("regwarden probe: %s" % error, file=sys.stderr)
+        return EXIT_ERROR
+    print(json.dumps({"findings": len(result["unfetchable"]), "counts": result["counts"]}, sort_keys=True))
+    return EXIT_FINDINGS if result["unfetchable"] else EXIT_CLEAN
+
+
+COMMANDS = {"scan": command_scan, "tag-cleanup": command_tag_cleanup, "probe": command_probe}
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    return COMMANDS[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""`regwarden probe` (the VM's probe timer): exit codes and the .prom textfile, against a real registry."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support import damage
+from tests.support.oci import RegistryClient, make_multiarch
+from tests.support.registry import Registry
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def probe(prom: Path, url: str, *extra: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT / ".collections"))
+    return subprocess.run(
+        [sys.executable, "-m", "ansible_collections.regwarden.registry.plugins.module_utils._cli", "probe",
+         "--url", url, "--verify-blobs", "--timeout", "5", "--prom", str(prom), *extra],
+        env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=False)
+
+
+def gauges(prom: Path) -> dict[str, float]:
+    return {family.name: family.samples[0].value for family in text_string_to_metric_families(prom.read_text())}
+
+
+@pytest.fixture
+def registry(tmp_path):
+    reg = Registry("private", tmp_path / "data", tmp_path / "work")
+    reg.start()
+    yield reg
+    reg.stop()
+
+
+def test_probe_textfile_tracks_findings_reachability_and_last_success(registry, tmp_path):
+    image = make_multiarch("cli-probe", attestations=False)
+    RegistryClient(registry.url).push("team/app", image, "v1")
+    prom = tmp_path / "textfile" / "regwarden_probe.prom"
+    report = tmp_path / "probe.json"
+
+    clean = probe(prom, registry.url, "--report", str(report))
+    assert clean.returncode == 0, clean.stderr
+    first = gauges(prom)
+    assert first["regwarden_probe_success"] == 1 and first["regwarden_probe_findings"] == 0
+    assert first["regwarden_probe_catalog_reachable"] == 1
+    last_run = first["regwarden_probe_last_run_timestamp_seconds"]
+    assert first["regwarden_probe_last_success_timestamp_seconds"] == last_run
+    assert json.loads(report.read_text())["counts"]["tags"] == 1
+
+    # Warm cache: the blob's data is gone but the registry still answers 200 with 0 bytes.
+    damage.remove_blob_data(registry, image.children[0].layers[-1].digest)
+    broken = probe(prom, registry.url)
+    assert broken.returncode == 1, broken.stderr
+    assert gauges(prom)["regwarden_probe_findings"] == 1
+
+    registry.stop()
+    down = probe(prom, registry.url)
+    assert down.returncode == 2
+    assert down.stderr.startswith("regwarden probe: ") and "Traceback" not in down.stderr
+    last = gauges(prom)
+    assert last["regwarden_probe_success"] == 0
+    assert "regwarden_probe_findings" not in last  # no stale count from a probe that did not run
+    # The last success stays what it was, so a "probe stale" alert can fire.
+    assert last["regwarden_probe_last_success_timestamp_seconds"] <= last["regwarden_probe_last_run_timestamp_seconds"]
+    assert last["regwarden_probe_last_success_timestamp_seconds"] >= first["regwarden_probe_last_run_timestamp_seconds"]
+
+
+def test_password_comes_from_a_file_and_a_missing_file_is_a_clear_error(registry, tmp_path):
+    result = probe(tmp_path / "p.prom", registry.url, "--username", "ci", "--password-file", str(tmp_path / "none"))
+    assert result.returncode == 2
+    assert "cannot read the password file" in result.stderr
