@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The project's whole test suite, as CI runs it (CI=true, no stdin) and as the README documents:
+#   lint (ruff) -> unit and integration tests (pytest, real docker-registry) -> local images ->
+#   Molecule scenario `default` (the role in a systemd "VM" with Docker inside).
+# Installs what is missing (apt packages, venv) and starts dockerd when none answers; a dockerd it
+# started is stopped again at exit. Stops at the first failing stage with a non-zero exit code.
+# Usage: scripts/test.sh
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+cd "$REPO_ROOT"
+# No prompt may wait for input, and tool output stays readable in CI logs.
+exec </dev/null
+export DEBIAN_FRONTEND=noninteractive PY_COLORS=0 ANSIBLE_NOCOLOR=1 NO_COLOR=1
+
+suite_started=$SECONDS
+stage_name=""
+stage_started=0
+
+stage() {
+  stage_name="$1"
+  stage_started=$SECONDS
+  printf '\n==================== %s ====================\n' "$stage_name" >&2
+}
+
+on_exit() {
+  local status=$?
+  if [ "$status" -ne 0 ] && [ -n "$stage_name" ]; then
+    printf '\n!!! stage "%s" failed (exit %d) after %d s\n' "$stage_name" "$status" \
+      "$((SECONDS - stage_started))" >&2
+  fi
+  stop_own_dockerd
+  exit "$status"
+}
+trap on_exit EXIT
+
+stage "setup (apt packages, venv, dockerd)"
+setup_all
+
+stage "lint: ruff check ."
+ruff check .
+
+stage "unit and integration tests: pytest"
+pytest tests/unit tests/integration
+
+stage "local images: scripts/build-images.sh"
+"$REPO_ROOT/scripts/build-images.sh"
+
+stage "molecule test -s default"
+molecule test -s default
+
+stage_name=""
+log "all stages passed in $((SECONDS - suite_started)) s"
