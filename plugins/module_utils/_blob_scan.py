@@ -15,8 +15,6 @@ from ansible_collections.regwarden.registry.plugins.module_utils._storage import
     EMPTY_SHA256,
     LINK_INVALID,
     LINK_MISSING,
-    BlobStore,
-    ScanError,
     ScanErrors,
     classify_link_content,
     close_fd,
@@ -24,9 +22,9 @@ from ansible_collections.regwarden.registry.plugins.module_utils._storage import
     is_hex_digest,
     iter_link_dirs,
     iter_repositories,
-    open_registry,
     open_subdir,
     read_link_at,
+    registry_storage,
     remove_link_dir_at,
     select_registries,
 )
@@ -53,7 +51,7 @@ def scan_blobs(path, registries=None, remove_orphans=False, verify_digests=False
     selected = select_registries(path, registries)
     for name, v2_root in selected:
         _scan_registry(name, v2_root, result, remove_orphans, verify_digests, check_mode)
-    result["registries"] = [name for name, _ in selected]
+    result["registries"] = [name for name, _v2_root in selected]
     result["orphan_layer_links"].sort(key=lambda f: (f["registry"], f["repo"], f["digest"]))
     result["invalid_link_files"].sort(key=lambda f: (f["registry"], f["repo"], f["path"]))
     result["zero_byte_blobs"].sort(key=lambda f: (f["registry"], f["digest"]))
@@ -85,10 +83,7 @@ def _scan_registry(name, v2_root, result, remove_orphans, verify_digests, check_
         "removed_links": 0,
     }
     zero_byte = {}
-    v2_fd = open_registry(v2_root)
-    blobs = None
-    try:
-        blobs = BlobStore(name, v2_fd, v2_root, errors)
+    with registry_storage(name, v2_root, errors) as (v2_fd, blobs):
         for repo, repo_path, repo_fd in iter_repositories(v2_fd, v2_root, errors):
             counts["repositories"] += 1
             for kind, parts in LINK_KINDS:
@@ -111,13 +106,6 @@ def _scan_registry(name, v2_root, result, remove_orphans, verify_digests, check_
         if verify_digests:
             counts["corrupt_blobs"] = _verify_digests(name, blobs, result, errors)
         counts["blobs_checked"] = blobs.checked_count()
-    except OSError as exc:
-        raise ScanError("registry %s: cannot read %s: %s" % (name, exc.filename or v2_root, exc.strerror or exc)) \
-            from None
-    finally:
-        if blobs is not None:
-            blobs.close()
-        close_fd(v2_fd)
     result["summary"][name] = counts
     result["scan_errors"].extend(errors.items)
 
@@ -244,4 +232,3 @@ def _sha256_file(blobs, hex_digest):
         return digest.hexdigest()
     finally:
         os.close(fd)
-

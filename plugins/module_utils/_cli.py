@@ -85,7 +85,7 @@ def parse_args(argv):
 
 
 def run_scan(args):
-    present = {name for name, _ in find_registries(args.path)}
+    present = {name for name, _v2_root in find_registries(args.path)}
     blob = _blob_scan.scan_blobs(args.path, registries=_names(args.registries),
                                  verify_digests=args.verify_digests)
     wanted = _names(args.index_registries) or []
@@ -166,6 +166,7 @@ def command_scan(args):
 
 
 def command_tag_cleanup(args):
+    error = None
     try:
         rules = json.loads(args.rules) if args.rules else None
         if rules is not None and not isinstance(rules, list):

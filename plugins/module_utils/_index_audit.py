@@ -14,20 +14,16 @@ from ansible_collections.regwarden.registry.plugins.module_utils._index_repair i
 from ansible_collections.regwarden.registry.plugins.module_utils._manifest import (
     InvalidManifest,
 )
-from ansible_collections.regwarden.registry.plugins.module_utils._repository import ManifestCache, RepositoryLinks
+from ansible_collections.regwarden.registry.plugins.module_utils._repository import ManifestCache, iter_repository_links
 from ansible_collections.regwarden.registry.plugins.module_utils._storage import (
     BLOB_UNREADABLE,
     EMPTY_SHA256,
     LINK_INVALID,
     LINK_MISSING,
     LINK_OK,
-    BlobStore,
-    ScanError,
     ScanErrors,
-    close_fd,
     digest_of,
-    iter_repositories,
-    open_registry,
+    registry_storage,
     select_registries,
 )
 
@@ -49,7 +45,7 @@ def audit_indexes(path, registries=DEFAULT_REGISTRIES, repair=False, check_mode=
     selected = select_registries(path, registries)
     for name, v2_root in selected:
         _audit_registry(name, v2_root, result, mode)
-    result["registries"] = [name for name, _ in selected]
+    result["registries"] = [name for name, _v2_root in selected]
     result["repaired_links"].sort()
     result["changed"] = bool(result["repaired_links"])
     result["restart_required"] = mode == "apply" and bool(result["repaired_links"])
@@ -124,25 +120,11 @@ def _audit_registry(name, v2_root, result, mode):
         "unservable_blobs": 0,
         "invalid_manifests": 0,
     }
-    v2_fd = open_registry(v2_root)
-    blobs = None
-    try:
-        blobs = BlobStore(name, v2_fd, v2_root, errors)
+    with registry_storage(name, v2_root, errors) as (v2_fd, blobs):
         cache = ManifestCache(blobs)
-        for repo_name, repo_path, repo_fd in iter_repositories(v2_fd, v2_root, errors):
+        for repo_name, repo in iter_repository_links(v2_fd, v2_root, errors):
             counts["repositories"] += 1
-            repo = RepositoryLinks(repo_path, repo_fd, errors)
-            try:
-                _audit_repository(name, repo_name, repo, cache, blobs, result, counts, errors, mode)
-            finally:
-                repo.close()
-    except OSError as exc:
-        raise ScanError("registry %s: cannot read %s: %s" % (name, exc.filename or v2_root, exc.strerror or exc)) \
-            from None
-    finally:
-        if blobs is not None:
-            blobs.close()
-        close_fd(v2_fd)
+            _audit_repository(name, repo_name, repo, cache, blobs, result, counts, errors, mode)
     result["summary"][name] = counts
     result["scan_errors"].extend(errors.items)
 

@@ -74,15 +74,15 @@ def plan_child_repair(repo, blobs, child_hex):
         if link_state == LINK_INVALID:
             return ChildRepair(NOT_REPAIRED, "the _layers link of %s %s is invalid; inspect it by hand"
                                % (kind, digest_of(blob_hex)), False)
-        if link_state == LINK_MISSING and ("layer", blob_hex) not in [(k, h) for k, h, _ in links]:
+        if link_state == LINK_MISSING and ("layer", blob_hex) not in [(k, h) for k, h, _path in links]:
             links.append(("layer", blob_hex, repo.layer_path(blob_hex)))
     return ChildRepair(REPAIRABLE, None, False, links)
 
 
 def apply_child_repair(repo, plan):
     """Write the planned links (revision link last, so the child is served only once complete)."""
-    ordered = [link for link in plan.links if link[0] == "layer"] + [link for link in plan.links
-                                                                      if link[0] == "revision"]
+    ordered = ([link for link in plan.links if link[0] == "layer"]
+               + [link for link in plan.links if link[0] == "revision"])
     for kind, hex_digest, _path in ordered:
         parts = ("_layers", "sha256", hex_digest) if kind == "layer" else \
             ("_manifests", "revisions", "sha256", hex_digest)

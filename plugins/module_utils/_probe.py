@@ -492,7 +492,7 @@ class RegistryHTTP:
 
     def _send(self, method, url, headers):
         """One request, following redirects; Authorization only to the registry's own host."""
-        for _ in range(MAX_REDIRECTS + 1):
+        for _redirect in range(MAX_REDIRECTS + 1):
             sent = dict(headers)
             if urlsplit(url).netloc != self.netloc:
                 sent.pop("Authorization", None)

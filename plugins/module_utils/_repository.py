@@ -21,6 +21,7 @@ from ansible_collections.regwarden.registry.plugins.module_utils._storage import
     close_fd,
     is_hex_digest,
     iter_link_dirs,
+    iter_repositories,
     open_subdir,
     read_link_at,
 )
@@ -169,3 +170,13 @@ class RepositoryLinks:
         finally:
             close_fd(dir_fd)
         return tags
+
+
+def iter_repository_links(v2_fd, v2_root, errors):
+    """Yield (repo_name, RepositoryLinks) for every repository, each closed when the caller moves on."""
+    for repo_name, repo_path, repo_fd in iter_repositories(v2_fd, v2_root, errors):
+        repo = RepositoryLinks(repo_path, repo_fd, errors)
+        try:
+            yield repo_name, repo
+        finally:
+            repo.close()

@@ -8,6 +8,7 @@ relative to a directory descriptor with O_NOFOLLOW / follow_symlinks=False, and
 entries are classified from their d_type before anything is opened.
 """
 
+import contextlib
 import errno
 import os
 import re
@@ -201,6 +202,26 @@ def open_registry(v2_root):
     if fd is None:
         raise ScanError("%s is not a directory (it changed during the scan?)" % v2_root)
     return fd
+
+
+@contextlib.contextmanager
+def registry_storage(name, v2_root, errors):
+    """(v2 descriptor, BlobStore) of one registry while it is worked on.
+
+    An OSError nobody handled below becomes a ScanError naming the registry and the path.
+    """
+    v2_fd = open_registry(v2_root)
+    blobs = None
+    try:
+        blobs = BlobStore(name, v2_fd, v2_root, errors)
+        yield v2_fd, blobs
+    except OSError as exc:
+        raise ScanError("registry %s: cannot read %s: %s" % (name, exc.filename or v2_root, exc.strerror or exc)) \
+            from None
+    finally:
+        if blobs is not None:
+            blobs.close()
+        close_fd(v2_fd)
 
 
 def iter_repositories(v2_fd, v2_root, errors):

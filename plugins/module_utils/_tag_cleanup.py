@@ -18,17 +18,15 @@ import os
 import re
 import time
 
-from ansible_collections.regwarden.registry.plugins.module_utils._repository import ManifestCache, RepositoryLinks
+from ansible_collections.regwarden.registry.plugins.module_utils._repository import ManifestCache, iter_repository_links
 from ansible_collections.regwarden.registry.plugins.module_utils._storage import (
     LINK_OK,
-    BlobStore,
     ScanError,
     ScanErrors,
     close_fd,
     digest_of,
-    iter_repositories,
-    open_registry,
     open_subdir,
+    registry_storage,
     remove_link_dir_at,
     rmtree_at,
     select_registries,
@@ -101,7 +99,7 @@ def cleanup_tags(path, keep, include=None, exclude=None, rules=None, registries=
     selected = select_registries(path, registries)
     for name, v2_root in selected:
         _cleanup_registry(name, v2_root, default, policies, delete_untagged, check_mode, result)
-    result["registries"] = [name for name, _ in selected]
+    result["registries"] = [name for name, _v2_root in selected]
     result["removed_tags"].sort(key=lambda f: (f["registry"], f["repo"], f["tag"]))
     result["removed_revisions"].sort(key=lambda f: (f["registry"], f["repo"], f["digest"]))
     result["removed_layer_links"].sort()
@@ -116,27 +114,12 @@ def _cleanup_registry(name, v2_root, default, policies, delete_untagged, check_m
     errors = ScanErrors(name)
     counts = {"repositories": 0, "tags": 0, "kept_tags": 0, "removed_tags": 0, "removed_revisions": 0,
               "removed_layer_links": 0}
-    v2_fd = open_registry(v2_root)
-    blobs = None
-    try:
-        blobs = BlobStore(name, v2_fd, v2_root, errors)
+    with registry_storage(name, v2_root, errors) as (v2_fd, blobs):
         cache = ManifestCache(blobs)
-        for repo_name, repo_path, repo_fd in iter_repositories(v2_fd, v2_root, errors):
+        for repo_name, repo in iter_repository_links(v2_fd, v2_root, errors):
             counts["repositories"] += 1
-            repo = RepositoryLinks(repo_path, repo_fd, errors)
-            try:
-                policy = _policy_for(repo_name, default, policies)
-                _cleanup_repository(name, repo_name, repo, policy, cache, delete_untagged, check_mode, result,
-                                    counts)
-            finally:
-                repo.close()
-    except OSError as exc:
-        raise ScanError("registry %s: cannot clean up %s: %s" % (name, exc.filename or v2_root,
-                                                                  exc.strerror or exc)) from None
-    finally:
-        if blobs is not None:
-            blobs.close()
-        close_fd(v2_fd)
+            policy = _policy_for(repo_name, default, policies)
+            _cleanup_repository(name, repo_name, repo, policy, cache, delete_untagged, check_mode, result, counts)
     result["summary"][name] = counts
     result["scan_errors"].extend(errors.items)
 
