@@ -21,6 +21,7 @@ APT_PACKAGES=(
   docker.io docker-compose docker-registry debootstrap
   apache2-utils openssl
   time
+  prometheus # only for promtool (alert-rule and textfile checks); its server is stopped below
 )
 
 install_apt_packages() {
@@ -34,6 +35,10 @@ install_apt_packages() {
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The tests need promtool, not a Prometheus server listening on :9090.
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  fi
 }
 
 # The venv is rebuilt only when requirements/test.txt changes.

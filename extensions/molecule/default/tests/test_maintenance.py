@@ -9,6 +9,12 @@ from conftest import GC_UNIT, SCAN_UNIT, unique
 REPORT = "/var/lib/regwarden/scan.json"
 PROM = "/var/lib/node_exporter/textfile_collector/regwarden_scan.prom"
 GC_SCRIPT = "/usr/local/sbin/regwarden-registry-gc"
+CLEANUP_UNIT = "regwarden-registry-tag-cleanup.service"
+CLEANUP_REPORT = "/var/lib/regwarden/tag-cleanup.json"
+PROBE_UNIT = "regwarden-registry-probe"
+PROBE_PROM = "/var/lib/node_exporter/textfile_collector/regwarden_probe.prom"
+PROBE_PASSWORD = "/etc/regwarden/probe.password"
+RULES_FILE = "regwarden-registry.rules.yml"
 
 
 def unit_property(vm, unit, name):
@@ -40,6 +46,27 @@ def test_a_scan_always_follows_a_gc_and_gc_follows_tag_cleanup(vm):
     # The slot the tag-cleanup step plugs into: GC is ordered after it.
     assert "regwarden-registry-tag-cleanup.service" in unit_property(vm, gc, "After").split()
     assert "regwarden-registry.service" in unit_property(vm, gc, "Requires").split()
+
+
+def prom_values(text):
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def test_tag_cleanup_runs_first_when_enabled(vm):
+    gc = GC_UNIT + ".service"
+    assert CLEANUP_UNIT in unit_property(vm, gc, "Wants").split()
+    assert gc in unit_property(vm, CLEANUP_UNIT, "Wants").split()
+    assert gc in unit_property(vm, CLEANUP_UNIT, "Before").split()
+    script = vm.check("cat /usr/local/sbin/regwarden-registry-tag-cleanup")
+    commands = [line for line in script.splitlines() if not line.lstrip().startswith("#")]
+    assert commands and not any("rmtree" in line or "rm " in line for line in commands)
+
+
+def test_htpasswd_hashes_use_the_configured_bcrypt_cost(vm, scenario):
+    rounds = scenario.settings["docker_registry_private_bcrypt_rounds"]
+    lines = vm.check("cat %s/auth/htpasswd", scenario.settings["docker_registry_base_dir"]).split()
+    assert lines and all(line.split(":", 1)[1].split("$")[2] == "%02d" % rounds for line in lines)
 
 
 def test_gc_command_never_deletes_untagged(vm):
@@ -94,6 +121,87 @@ def test_gc_restarts_each_registry_keeps_index_children_and_triggers_the_scan(vm
     scan_log = vm.check("journalctl --no-pager -o cat -u %s --since %s", SCAN_UNIT + ".service", since)
     assert scan_log.strip(), "the scan did not run after the GC"
     assert int(vm.check("stat -c %%Y %s", REPORT)) > int(report_before)
+
+
+def test_tag_cleanup_then_gc_then_scan_keeps_the_newest_multiarch_tag_whole(vm, scenario):
+    repo = unique("cleanup/multiarch")
+    old = vm.client("push-index", "--registry", scenario.private_url, "--repo", repo, "--tag", "old",
+                    "--seed", unique("seed"), auth=True)
+    time.sleep(1.2)  # newest is by the tag link's mtime
+    kept = vm.client("push-index", "--registry", scenario.private_url, "--repo", repo, "--tag", "new",
+                     "--seed", unique("seed"), auth=True)
+    blobs_dir = "%s/%s/docker/registry/v2/blobs/sha256" % (scenario.data_dir, scenario.private_name)
+    old_layer = old["children"][0]["layers"][0]
+    assert vm.host.file("%s/%s/%s/data" % (blobs_dir, old_layer[7:9], old_layer[7:])).exists
+    since = vm.check("date '+%Y-%m-%d %H:%M:%S'").strip()
+    time.sleep(1)
+
+    # The GC timer's unit pulls the cleanup in first; the scan follows the GC.
+    result, outcome = start_and_wait(vm, GC_UNIT + ".service")
+    journal = "journalctl --no-pager -o short-iso-precise -u %s -u %s -u %s --since %s"
+    log = vm.check(journal, CLEANUP_UNIT, GC_UNIT + ".service", SCAN_UNIT + ".service", since)
+    assert result.rc == 0 and outcome == "success", log
+    assert unit_property(vm, CLEANUP_UNIT, "Result") == "success", log
+
+    # Order: cleanup finished before GC started, GC finished before the scan (queued by GC) started.
+    def timestamp(unit, name):
+        return int(unit_property(vm, unit, name + "TimestampMonotonic") or 0)
+    gc = GC_UNIT + ".service"
+    scan_unit = SCAN_UNIT + ".service"
+    assert 0 < timestamp(CLEANUP_UNIT, "InactiveEnter") <= timestamp(gc, "ExecMainStart")
+    vm.wait_until("the scan GC queued", lambda: timestamp(scan_unit, "ExecMainStart") >= timestamp(gc, "InactiveEnter")
+                  and unit_property(vm, scan_unit, "ActiveState") in ("inactive", "failed"), timeout=300)
+    assert unit_property(vm, scan_unit, "Result") == "success"
+
+    report = json.loads(vm.check("cat %s", CLEANUP_REPORT))
+    assert report["summary"], report
+    vm.wait_stack_healthy()
+    base = "%s/v2/%s" % (scenario.private_url, repo)
+    index_accept = ["Accept: application/vnd.oci.image.index.v1+json"]
+    assert vm.request(base + "/manifests/old", auth=True, headers=index_accept)["status"] == 404
+    assert vm.request(base + "/manifests/new", auth=True, headers=index_accept)["status"] == 200
+    for child in kept["children"]:
+        pulled = vm.client("pull-image", "--registry", scenario.private_url, "--repo", repo,
+                           "--ref", child["manifest_digest"], auth=True)
+        assert pulled["manifest_digest"] == child["manifest_digest"]
+        assert set(pulled["blobs"]) == {child["config_digest"], *child["layers"]}
+        for digest, blob in pulled["blobs"].items():
+            assert blob["status"] == 200 and blob["digest"] == digest, (child["arch"], digest)
+    # Plain GC freed what only the removed tag used.
+    assert not vm.host.file("%s/%s/%s/data" % (blobs_dir, old_layer[7:9], old_layer[7:])).exists
+
+    scan = json.loads(vm.check("cat %s", REPORT))
+    for section in (scan["blob_scan"], scan["index_audit"]):
+        for key, findings in section.items():
+            if isinstance(findings, list):
+                assert not [f for f in findings if isinstance(f, dict) and f.get("repo") == repo], key
+
+
+def test_probe_timer_and_service_write_the_probe_metrics(vm, scenario):
+    timer = vm.host.service(PROBE_UNIT + ".timer")
+    assert timer.is_enabled and timer.is_running
+    calendar = unit_property(vm, PROBE_UNIT + ".timer", "TimersCalendar")
+    assert "OnCalendar=*-*-* *:00/15:00" in calendar, calendar
+    password = vm.host.file(PROBE_PASSWORD)
+    assert password.mode == 0o600 and password.user == "root"
+    assert scenario.password not in unit_property(vm, PROBE_UNIT + ".service", "ExecStart")
+
+    started = int(vm.check("date +%s"))
+    result, outcome = start_and_wait(vm, PROBE_UNIT + ".service")
+    assert result.rc == 0 and outcome == "success", vm.check("journalctl --no-pager -o cat -u %s -n 30",
+                                                              PROBE_UNIT + ".service")
+    values = prom_values(vm.check("cat %s", PROBE_PROM))
+    assert values["regwarden_probe_success"] == 1
+    assert values["regwarden_probe_catalog_reachable"] == 1
+    assert values["regwarden_probe_last_success_timestamp_seconds"] >= started
+    assert "regwarden_probe_findings" in values
+
+
+def test_alert_rules_installed_where_the_option_says(vm, scenario):
+    path = "%s/%s" % (scenario.settings["docker_registry_prometheus_rules_dir"], RULES_FILE)
+    rules = vm.host.file(path)
+    assert rules.exists and rules.mode == 0o644
+    assert "RegistryProbeStale" in rules.content_string
 
 
 def test_scan_service_reports_damage_planted_in_private_storage(vm, scenario):

@@ -1,0 +1,137 @@
+"""The shipped Prometheus alert rules only use metrics the CLI writes, and promtool accepts both.
+
+The metric names come from files the CLI itself produced (a scan of a small storage tree, the probe
+renderer), so renaming a metric in _cli without updating the rules fails here.
+"""
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ansible_collections.regwarden.registry.plugins.module_utils import _cli
+
+RULES = Path(__file__).resolve().parents[2] / "roles" / "docker_registry" / "files" / "regwarden-registry.rules.yml"
+METRIC_NAME = re.compile(r"\bregwarden_[a-z_]+\b")
+EXPECTED_ALERTS = {
+    "RegistryIntegrityFindings", "RegistryCacheIntegrityFindings", "RegistryScanFailed", "RegistryScanStale",
+    "RegistryProbeStale", "RegistryProbeFailed", "RegistryProbeFindings", "RegistryCatalogUnreachable",
+}
+
+
+def promtool():
+    # scripts/lib.sh installs Debian's prometheus package for it: missing is a failure, not a skip.
+    path = shutil.which("promtool")
+    assert path, "promtool not found: install Debian's prometheus package (scripts/lib.sh APT_PACKAGES)"
+    return path
+
+
+@pytest.fixture
+def prom_files(private, storage, tmp_path):
+    """A scan textfile and probe textfiles (findings, clean, failed run) written by the CLI."""
+    private.push_multiarch("app", "multi", tags=["v1"])
+    scan_prom = tmp_path / "regwarden_scan.prom"
+    assert _cli.main(["scan", "--path", str(storage), "--report", str(tmp_path / "scan.json"),
+                      "--prom", str(scan_prom)]) == _cli.EXIT_CLEAN
+    probes = {
+        "probe_findings.prom": _cli.render_probe_prom(
+            {"unfetchable": [{"repo": "app", "digest": "sha256:" + "0" * 64, "kind": "layer", "status": 404}],
+             "catalog_reachable": True, "duration_seconds": 1.5}, None, 1700000000, 1700000000),
+        "probe_failed.prom": _cli.render_probe_prom(None, "401 Unauthorized", 1700000900, 1700000000),
+    }
+    files = [scan_prom]
+    for name, text in probes.items():
+        (tmp_path / name).write_text(text)
+        files.append(tmp_path / name)
+    return files
+
+
+def written_metric_names(files):
+    names = set()
+    for path in files:
+        for line in path.read_text().splitlines():
+            if line and not line.startswith("#"):
+                names.add(re.match(r"[a-zA-Z_:][a-zA-Z0-9_:]*", line).group(0))
+    return names
+
+
+def rules():
+    return [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
+
+
+def test_every_alert_expression_uses_only_metrics_the_cli_writes(prom_files):
+    written = written_metric_names(prom_files)
+    assert {"regwarden_scan_findings", "regwarden_scan_success", "regwarden_scan_last_run_timestamp_seconds",
+            "regwarden_probe_success", "regwarden_probe_last_run_timestamp_seconds",
+            "regwarden_probe_last_success_timestamp_seconds", "regwarden_probe_findings",
+            "regwarden_probe_catalog_reachable", "regwarden_probe_duration_seconds"} == written
+    alerts = {rule["alert"]: rule["expr"] for rule in rules()}
+    assert set(alerts) == EXPECTED_ALERTS
+    for alert, expr in alerts.items():
+        used = set(METRIC_NAME.findall(expr))
+        assert used, "%s uses no regwarden metric" % alert
+        assert used <= written, "%s uses metrics the CLI never writes: %s" % (alert, used - written)
+
+
+def test_promtool_accepts_the_rules_and_the_cli_textfiles(prom_files):
+    checked = subprocess.run([promtool(), "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    for path in prom_files:
+        checked = subprocess.run([promtool(), "check", "metrics"], input=path.read_text(), capture_output=True,
+                                 text=True, timeout=60)
+        assert checked.returncode == 0, "%s: %s%s" % (path.name, checked.stdout, checked.stderr)
+
+
+def test_alerts_fire_on_the_series_they_are_meant_for(tmp_path):
+    """promtool's rule unit tests: series shaped like the textfiles, alerts evaluated by Prometheus.
+
+    The annotations (checked by `promtool check rules`) are dropped from the copy under test, so the
+    expectations are about which alerts fire with which labels.
+    """
+    document = yaml.safe_load(RULES.read_text())
+    for group in document["groups"]:
+        for rule in group["rules"]:
+            rule.pop("annotations", None)
+    rules_copy = tmp_path / "rules.yml"
+    rules_copy.write_text(yaml.safe_dump(document))
+    tests = {
+        "rule_files": [str(rules_copy)],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [
+                {"series": 'regwarden_scan_findings{instance="vm",registry="private",kind="orphan_index_children"}',
+                 "values": "0 2x20"},
+                {"series": 'regwarden_scan_findings{instance="vm",registry="dockerhub",kind="orphan_layer_links"}',
+                 "values": "5x90"},
+                {"series": 'regwarden_probe_findings{instance="vm"}', "values": "0x20"},
+                {"series": 'regwarden_probe_catalog_reachable{instance="vm"}', "values": "1 0x20"},
+                # Last success at t=0 s, never again: stale after an hour.
+                {"series": 'regwarden_probe_last_success_timestamp_seconds{instance="vm"}', "values": "0x90"},
+                {"series": 'regwarden_probe_success{instance="vm"}', "values": "1x90"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": "10m", "alertname": "RegistryIntegrityFindings", "exp_alerts": [
+                    {"exp_labels": {"severity": "critical", "instance": "vm", "registry": "private",
+                                    "kind": "orphan_index_children"}}]},
+                {"eval_time": "10m", "alertname": "RegistryProbeFindings", "exp_alerts": []},
+                {"eval_time": "10m", "alertname": "RegistryCatalogUnreachable", "exp_alerts": [
+                    {"exp_labels": {"severity": "critical", "instance": "vm"}}]},
+                {"eval_time": "30m", "alertname": "RegistryProbeStale", "exp_alerts": []},
+                {"eval_time": "70m", "alertname": "RegistryProbeStale", "exp_alerts": [
+                    {"exp_labels": {"severity": "warning", "instance": "vm"}}]},
+                {"eval_time": "70m", "alertname": "RegistryCacheIntegrityFindings", "exp_alerts": [
+                    {"exp_labels": {"severity": "info", "instance": "vm", "registry": "dockerhub",
+                                    "kind": "orphan_layer_links"}}]},
+                {"eval_time": "70m", "alertname": "RegistryProbeFailed", "exp_alerts": []},
+            ],
+        }],
+    }
+    test_file = tmp_path / "rules_test.yml"
+    test_file.write_text(yaml.safe_dump(tests))
+    checked = subprocess.run([promtool(), "test", "rules", str(test_file)], capture_output=True, text=True,
+                             timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
