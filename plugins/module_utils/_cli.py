@@ -147,6 +147,12 @@ def _write_report(path, payload):
         write_atomically(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
+def _say(stream, line):
+    """One line for the timer's journal: the result on stdout, the error on stderr."""
+    stream.write(line + "\n")
+    stream.flush()
+
+
 def command_scan(args):
     report = None
     error = None
@@ -158,10 +164,10 @@ def command_scan(args):
     if args.prom:
         write_atomically(args.prom, render_scan_prom(report, report is not None, int(time.time())))
     if report is None:
-        print("regwarden scan: %s" % error, file=sys.stderr)
+        _say(sys.stderr, "regwarden scan: %s" % error)
         return EXIT_ERROR
     summary = {"blob_scan": report["blob_scan"]["summary"], "index_audit": report["index_audit"]["summary"]}
-    print(json.dumps({"findings": report["findings"], "summary": summary}, sort_keys=True))
+    _say(sys.stdout, json.dumps({"findings": report["findings"], "summary": summary}, sort_keys=True))
     return EXIT_FINDINGS if report["findings"] else EXIT_CLEAN
 
 
@@ -180,10 +186,10 @@ def command_tag_cleanup(args):
         result, error = None, str(exc)
     _write_report(args.report, result if result is not None else {"error": error})
     if result is None:
-        print("regwarden tag-cleanup: %s" % error, file=sys.stderr)
+        _say(sys.stderr, "regwarden tag-cleanup: %s" % error)
         return EXIT_ERROR
-    print(json.dumps({"summary": result["summary"], "restart_required": result["restart_required"]},
-                     sort_keys=True))
+    _say(sys.stdout, json.dumps({"summary": result["summary"], "restart_required": result["restart_required"]},
+                                sort_keys=True))
     return EXIT_CLEAN
 
 
@@ -248,9 +254,9 @@ def command_probe(args):
     if args.prom:
         write_atomically(args.prom, render_probe_prom(result, error, now, last_success))
     if result is None:
-        print("regwarden probe: %s" % error, file=sys.stderr)
+        _say(sys.stderr, "regwarden probe: %s" % error)
         return EXIT_ERROR
-    print(json.dumps({"findings": len(result["unfetchable"]), "counts": result["counts"]}, sort_keys=True))
+    _say(sys.stdout, json.dumps({"findings": len(result["unfetchable"]), "counts": result["counts"]}, sort_keys=True))
     return EXIT_FINDINGS if result["unfetchable"] else EXIT_CLEAN
 
 
@@ -263,4 +269,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -218,7 +218,7 @@ def _audit_repository(name, repo_name, repo, cache, blobs, result, counts, error
     _audit_blobs(name, repo_name, repo, blobs, tags_by_target, servable, result, counts, errors)
     # Last, so every finding above describes the storage as it was found.
     if orphans:
-        result["repaired_links"].extend(repair_children(repo, blobs, orphans, mode))
+        result["repaired_links"].extend(repair_children(repo, cache, blobs, orphans, mode))
 
 
 def _audit_blobs(name, repo_name, repo, blobs, tags_by_target, servable, result, counts, errors):

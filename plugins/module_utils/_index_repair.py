@@ -9,12 +9,9 @@ files a push would have created. Anything else is marked ``rebuild_required``; a
 link file is never overwritten (someone should look at it).
 """
 
-import hashlib
 
 from ansible_collections.regwarden.registry.plugins.module_utils._manifest import (
-    MANIFEST_MAX_BYTES,
     InvalidManifest,
-    parse_manifest,
 )
 from ansible_collections.regwarden.registry.plugins.module_utils._storage import (
     EMPTY_SHA256,
@@ -44,23 +41,18 @@ class ChildRepair:
         self.links = list(links)
 
 
-def plan_child_repair(repo, blobs, child_hex):
-    """ChildRepair with status WOULD_REPAIR and the links to write, or NOT_REPAIRED and why."""
+def plan_child_repair(repo, cache, blobs, child_hex):
+    """ChildRepair with status REPAIRABLE and the links to write, or NOT_REPAIRED and why."""
     revision_state, _reason = repo.revision_state(child_hex)
     if revision_state == LINK_INVALID:
         return ChildRepair(NOT_REPAIRED, "the child's revision link file is invalid; inspect it by hand", False)
-    if blobs.size(child_hex) <= 0:
+    manifest = cache.get(child_hex)
+    if manifest is cache.GONE:
         return ChildRepair(NOT_REPAIRED, "manifest blob data gone", True)
-    try:
-        content = blobs.read(child_hex, MANIFEST_MAX_BYTES)
-    except OSError as exc:
-        return ChildRepair(NOT_REPAIRED, "manifest blob unreadable: %s" % (exc.strerror or exc), True)
-    if hashlib.sha256(content).hexdigest() != child_hex:
+    if isinstance(manifest, InvalidManifest):
+        return ChildRepair(NOT_REPAIRED, "manifest content invalid: %s" % manifest, True)
+    if manifest.content_digest != child_hex:
         return ChildRepair(NOT_REPAIRED, "manifest blob does not hash to its digest", True)
-    try:
-        manifest = parse_manifest(content)
-    except InvalidManifest as exc:
-        return ChildRepair(NOT_REPAIRED, "manifest content invalid: %s" % exc, True)
     if manifest.is_index:
         return ChildRepair(NOT_REPAIRED, "the child is itself an index; not relinked", True)
     links = []
@@ -96,7 +88,7 @@ def apply_child_repair(repo, plan):
     return plan
 
 
-def repair_children(repo, blobs, findings, mode):
+def repair_children(repo, cache, blobs, findings, mode):
     """Plan repairs for one repository's orphan-child findings; apply them when mode is "apply".
 
     ``mode``: "report" (plain audit), "check" (repair in check mode) or "apply". Annotates each
@@ -109,7 +101,7 @@ def repair_children(repo, blobs, findings, mode):
         child_hex = finding["child_digest"][len("sha256:"):]
         outcome = outcomes.get(child_hex)
         if outcome is None:
-            outcome = plan_child_repair(repo, blobs, child_hex)
+            outcome = plan_child_repair(repo, cache, blobs, child_hex)
             if outcome.status == REPAIRABLE and mode != "report":
                 if mode == "apply":
                     apply_child_repair(repo, outcome)

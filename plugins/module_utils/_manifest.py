@@ -27,13 +27,14 @@ class InvalidManifest(Exception):
 class Manifest:
     """What the audit needs of a manifest: its kind, children (indexes) and blobs (images)."""
 
-    __slots__ = ("blobs", "children", "kind", "media_type")
+    __slots__ = ("blobs", "children", "content_digest", "kind", "media_type")
 
     def __init__(self, kind, media_type, children=(), blobs=()):
         self.kind = kind  # "index" or "image"
         self.media_type = media_type
         self.children = children  # ((hex, platform dict, is_attestation), ...)
         self.blobs = blobs  # ((hex, "config" | "layer"), ...)
+        self.content_digest = None  # sha256 hex of the bytes parsed, when the loader recorded it
 
     @property
     def is_index(self):

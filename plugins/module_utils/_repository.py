@@ -6,6 +6,7 @@ Shared by the index audit, its repair and the tag cleanup.
 """
 
 import collections
+import hashlib
 import os
 
 from ansible_collections.regwarden.registry.plugins.module_utils._manifest import (
@@ -63,9 +64,12 @@ class ManifestCache:
         except OSError as exc:
             return InvalidManifest("manifest blob unreadable: %s" % (exc.strerror or exc))
         try:
-            return parse_manifest(content)
+            manifest = parse_manifest(content)
         except InvalidManifest as exc:
             return exc
+        # Hashing the few KB just read costs little and spares a repair from reading them again.
+        manifest.content_digest = hashlib.sha256(content).hexdigest()
+        return manifest
 
 
 class RepositoryLinks:
@@ -140,7 +144,7 @@ class RepositoryLinks:
     def layer_path(self, hex_digest):
         return os.path.join(self.layers_dir, hex_digest, "link")
 
-    def read_tags(self):
+    def read_tags(self, with_updated=False):
         """{tag: TagLink} for every tag directory of the repository."""
         tags_dir = os.path.join(self.path, "_manifests", "tags")
         dir_fd = open_subdir(self.fd, ("_manifests", "tags"), self.path, self.errors)
@@ -162,7 +166,7 @@ class RepositoryLinks:
                 try:
                     state, target, reason = read_link_at(current_fd, "link", None)
                     updated = None
-                    if state != LINK_MISSING:
+                    if with_updated and state != LINK_MISSING:
                         updated = os.stat("link", dir_fd=current_fd, follow_symlinks=False).st_mtime
                 finally:
                     close_fd(current_fd)

@@ -354,6 +354,7 @@ class BlobStore:
             raise ScanError("registry %s: cannot open the blob store %s: %s"
                             % (name, self.root, exc.strerror or exc)) from None
         self._prefixes = {}
+        self._listings = {}
         self._sizes = {}
 
     def close(self):
@@ -379,8 +380,8 @@ class BlobStore:
         return size
 
     def fresh_size(self, hex_digest):
-        """Stat again, bypassing the cache (used right before a repair)."""
-        size = self._stat(hex_digest)
+        """Stat again, bypassing every cache (used right before a repair)."""
+        size = self._stat_fresh(hex_digest)
         self._sizes[hex_digest] = size
         return size
 
@@ -402,7 +403,41 @@ class BlobStore:
             self._prefixes[prefix] = fd
         return fd
 
+    def _listing(self, prefix):
+        """(real blob dirs, symlinked names) of one prefix directory, read once with d_type."""
+        listing = self._listings.get(prefix)
+        if listing is None:
+            prefix_fd = self._prefix_fd(prefix)
+            if prefix_fd is None or prefix_fd == self._REFUSED:
+                listing = prefix_fd
+            else:
+                dirs = set()
+                links = set()
+                for name, is_dir, is_link in iter_link_dirs(prefix_fd):
+                    if is_link:
+                        links.add(name)
+                    elif is_dir:
+                        dirs.add(name)
+                listing = (dirs, links)
+            self._listings[prefix] = listing
+        return listing
+
     def _stat(self, hex_digest):
+        """One stat of the data file: the listing already told whether the blob dir is real."""
+        listing = self._listing(hex_digest[:2])
+        if listing is None:
+            return BLOB_DIR_MISSING
+        if listing == self._REFUSED:
+            return BLOB_UNREADABLE
+        dirs, links = listing
+        if hex_digest in links:
+            self.errors.add(os.path.dirname(self.data_path(hex_digest)), "symlink not followed")
+            return BLOB_UNREADABLE
+        if hex_digest not in dirs:
+            return BLOB_DIR_MISSING
+        return self._stat_data(self._prefixes[hex_digest[:2]], hex_digest)
+
+    def _stat_fresh(self, hex_digest):
         prefix_fd = self._prefix_fd(hex_digest[:2])
         if prefix_fd is None:
             return BLOB_DIR_MISSING
@@ -419,6 +454,10 @@ class BlobStore:
             return BLOB_UNREADABLE
         if not stat.S_ISDIR(st.st_mode):
             return BLOB_DIR_MISSING
+        return self._stat_data(prefix_fd, hex_digest)
+
+    @staticmethod
+    def _stat_data(prefix_fd, hex_digest):
         try:
             st = os.stat(hex_digest + "/data", dir_fd=prefix_fd, follow_symlinks=False)
         except (FileNotFoundError, NotADirectoryError):

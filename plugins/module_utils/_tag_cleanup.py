@@ -125,7 +125,7 @@ def _cleanup_registry(name, v2_root, default, policies, delete_untagged, check_m
 
 
 def _cleanup_repository(name, repo_name, repo, policy, cache, delete_untagged, check_mode, result, counts):
-    tags = repo.read_tags()
+    tags = repo.read_tags(with_updated=True)
     counts["tags"] += len(tags)
     candidates = sorted(
         (tag for tag, link in tags.items() if link.state == LINK_OK and policy.applies(tag)),

@@ -23,7 +23,7 @@ description:
     the registry afterwards to flush its descriptor cache (RV(restart_required)).
   - Symlinks are never followed and nothing outside O(path) is touched.
 author:
-  - regwarden.registry contributors
+  - regwarden maintainers (!UNKNOWN)
 options:
   path:
     description:
@@ -54,6 +54,8 @@ options:
       - Fail the task when any finding is reported. The findings stay in the result.
     type: bool
     default: false
+extends_documentation_fragment:
+  - regwarden.registry.attributes
 attributes:
   check_mode:
     support: full
@@ -122,7 +124,7 @@ invalid_link_files:
   contains:
     registry: {description: Registry name., type: str}
     repo: {description: Repository name., type: str}
-    digest: {description: Digest named by the directory, or null when the name is not a digest., type: str}
+    digest: {description: "Digest named by the directory, or null when the name is not a digest.", type: str}
     path: {description: Absolute path of the link file or directory., type: str}
     kind: {description: C(layer) or C(revision)., type: str}
     reason: {description: What is wrong., type: str}

@@ -30,7 +30,7 @@ description:
   - Without O(repair) the module changes nothing. It never deletes anything. Removing or
     rebuilding a published image is an operator's decision.
 author:
-  - regwarden.registry contributors
+  - regwarden maintainers (!UNKNOWN)
 options:
   path:
     description:
@@ -59,6 +59,8 @@ options:
         count). The findings stay in the result.
     type: bool
     default: false
+extends_documentation_fragment:
+  - regwarden.registry.attributes
 attributes:
   check_mode:
     support: full
@@ -114,9 +116,9 @@ orphan_index_children:
     index_media_type: {description: Media type of the index., type: str}
     tags: {description: Tags whose current link points at the index., type: list, elements: str}
     child_digest: {description: Digest of the unservable child., type: str}
-    platform: {description: C(os), C(architecture), C(variant) of the child (null when absent)., type: dict}
-    attestation: {description: The child is a build attestation, not an image., type: bool}
-    revision_link: {description: C(present), C(missing) or C(invalid)., type: str}
+    platform: {description: "C(os), C(architecture), C(variant) of the child (null when absent).", type: dict}
+    attestation: {description: "The child is a build attestation, not an image.", type: bool}
+    revision_link: {description: "C(present), C(missing) or C(invalid).", type: str}
     layer_link_fallback: {description: A C(_layers) link exists for the child digest., type: bool}
     blob_data: {description: C(present) or C(gone)., type: str}
     reason: {description: Why the registry would not serve the child., type: str}
@@ -135,7 +137,7 @@ broken_tags:
     registry: {description: Registry name., type: str}
     repo: {description: Repository name., type: str}
     tag: {description: Tag name., type: str}
-    digest: {description: Digest the tag points at, null when the link is unreadable., type: str}
+    digest: {description: "Digest the tag points at, null when the link is unreadable.", type: str}
     path: {description: Absolute path of the tag's current link., type: str}
     reason: {description: Why the tag cannot be pulled., type: str}
 unservable_blobs:
@@ -150,8 +152,8 @@ unservable_blobs:
     kind: {description: C(config) or C(layer)., type: str}
     manifests: {description: Manifests referencing the blob., type: list, elements: str}
     tags: {description: Tags that pull the blob., type: list, elements: str}
-    layer_link: {description: C(present), C(missing) or C(invalid)., type: str}
-    blob_data: {description: C(present), C(gone) or C(empty)., type: str}
+    layer_link: {description: "C(present), C(missing) or C(invalid).", type: str}
+    blob_data: {description: "C(present), C(gone) or C(empty).", type: str}
     path: {description: Absolute path of the repository's link for the blob., type: str}
 invalid_manifests:
   description: Manifests whose content the registry cannot parse.

@@ -24,7 +24,7 @@ description:
     message; they are not reported as findings.
   - Never changes anything.
 author:
-  - regwarden.registry contributors
+  - regwarden maintainers (!UNKNOWN)
 options:
   url:
     description:
@@ -99,6 +99,8 @@ options:
       - Fail the task when anything is unfetchable. The findings stay in the result.
     type: bool
     default: false
+extends_documentation_fragment:
+  - regwarden.registry.attributes
 attributes:
   check_mode:
     support: full

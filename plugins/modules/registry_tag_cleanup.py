@@ -24,7 +24,7 @@ description:
     link is being removed), then restart the registry (RV(restart_required)). The role's
     maintenance timer does exactly that.
 author:
-  - regwarden.registry contributors
+  - regwarden maintainers (!UNKNOWN)
 options:
   path:
     description:
@@ -75,6 +75,8 @@ options:
       - Also remove the revision links of manifests no remaining tag reaches (see above).
     type: bool
     default: false
+extends_documentation_fragment:
+  - regwarden.registry.attributes
 attributes:
   check_mode:
     support: full
@@ -121,7 +123,7 @@ removed_tags:
     tag: {description: Tag name., type: str}
     digest: {description: Manifest the tag pointed at., type: str}
     path: {description: Absolute path of the removed tag directory., type: str}
-    updated: {description: Last update of the tag (UTC, ISO 8601)., type: str}
+    updated: {description: "Last update of the tag (UTC, ISO 8601).", type: str}
 removed_revisions:
   description: Revision links removed by O(delete_untagged).
   returned: success

@@ -680,14 +680,16 @@ def test_output_is_sorted_and_deterministic(make_registry, storage, tmp_path):
 
 
 def _count_stats(monkeypatch):
+    """Count blob-data lookups: the cached scan's (_stat) and the re-checks before removal (_stat_fresh)."""
     stats = Counter()
-    original = BlobStore._stat
+    for name in ("_stat", "_stat_fresh"):
+        original = getattr(BlobStore, name)
 
-    def counting_stat(self, hex_digest):
-        stats[(self.root, hex_digest)] += 1
-        return original(self, hex_digest)
+        def counting(self, hex_digest, original=original):
+            stats[(self.root, hex_digest)] += 1
+            return original(self, hex_digest)
 
-    monkeypatch.setattr(BlobStore, "_stat", counting_stat)
+        monkeypatch.setattr(BlobStore, name, counting)
     return stats
 
 
