@@ -21,6 +21,7 @@ APT_PACKAGES=(
   docker.io docker-compose docker-registry debootstrap
   apache2-utils openssl
   time
+  shellcheck # ansible-test sanity's shellcheck test (scripts/lint.sh) skips itself without it
   prometheus # only for promtool (alert-rule and textfile checks); its server is stopped below
 )
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The project's whole test suite, as CI runs it (CI=true, no stdin) and as the README documents:
-#   lint (ruff) -> unit and integration tests (pytest, real docker-registry) -> local images ->
-#   Molecule scenario `default` (the role in a systemd "VM" with Docker inside).
+#   lint (ruff; ansible-lint, changelog, docs and ansible-test sanity per claimed ansible-core) ->
+#   unit and integration tests (pytest, real docker-registry) -> the same on the oldest and the
+#   newest claimed ansible-core -> local images -> Molecule scenario `default` (the role in a
+#   systemd "VM" with Docker inside).
 # Installs what is missing (apt packages, venv) and starts dockerd when none answers; a dockerd it
 # started is stopped again at exit. Stops at the first failing stage with a non-zero exit code.
 # Usage: scripts/test.sh
@@ -42,8 +44,14 @@ setup_all
 stage "lint: ruff check ."
 ruff check .
 
+stage "lint: ansible-lint, changelog, docs, ansible-test sanity per ansible-core (scripts/lint.sh)"
+"$REPO_ROOT/scripts/lint.sh"
+
 stage "unit and integration tests: pytest"
 pytest tests/unit tests/integration
+
+stage "module tests on the oldest and the newest ansible-core (scripts/test-matrix.sh)"
+"$REPO_ROOT/scripts/test-matrix.sh"
 
 stage "local images: scripts/build-images.sh"
 "$REPO_ROOT/scripts/build-images.sh"

@@ -40,11 +40,15 @@ def ansible_bin() -> str:
 
 
 def run_module(module: str, args: dict, *, check: bool = False, diff: bool = False,
-               timeout: float = ANSIBLE_TIMEOUT_S) -> ModuleRun:
+               timeout: float = ANSIBLE_TIMEOUT_S, cwd: str | Path = REPO_ROOT,
+               env: dict | None = None) -> ModuleRun:
     """``ansible localhost -m MODULE -a JSON`` from the repository root; the host's result.
 
     ``module`` may be the FQCN (``regwarden.registry.registry_blob_scan``) or the short name.
+    ``cwd`` and ``env`` (added or overriding variables, such as another ``ANSIBLE_CONFIG``) run
+    it from elsewhere, for example against an installed copy of the collection.
     """
+    env_overrides = env or {}
     command = [
         ansible_bin(), "localhost",
         "-i", "localhost,", "-c", "local",
@@ -64,8 +68,9 @@ def run_module(module: str, args: dict, *, check: bool = False, diff: bool = Fal
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_DEPRECATION_WARNINGS": "0",
     })
+    env.update(env_overrides)
     started = time.monotonic()
-    proc = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+    proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL, check=False)
     seconds = time.monotonic() - started
     try:
@@ -97,13 +102,19 @@ class PlaybookRun:
         raise AssertionError(f"no task {name_prefix!r} ran; stdout:\n{self.stdout[-4000:]}\n{self.stderr[-2000:]}")
 
 
-def run_playbook(playbook: str | Path, extra_vars: dict, *, timeout: float = ANSIBLE_TIMEOUT_S) -> PlaybookRun:
+def run_playbook(playbook: str | Path, extra_vars: dict, *, timeout: float = ANSIBLE_TIMEOUT_S,
+                 inventory: str | Path = "localhost,", env: dict | None = None,
+                 cwd: str | Path = REPO_ROOT, options: tuple[str, ...] = ()) -> PlaybookRun:
     """``ansible-playbook PLAYBOOK -e @vars.json`` against localhost (the venv's interpreter).
 
     Extra vars go through a temporary file (mode 0600), so secrets stay off the command line.
+    ``inventory`` replaces the implicit ``localhost,`` (for plays that target a group);
+    ``env`` adds or overrides environment variables; ``cwd`` runs it from another directory;
+    ``options`` are more ``ansible-playbook`` arguments (``--check``, ``--tags``).
     """
     import tempfile
 
+    env_overrides = env or {}
     playbook_bin = str(Path(ansible_bin()).with_name("ansible-playbook"))
     env = dict(os.environ)
     env.update({
@@ -113,18 +124,20 @@ def run_playbook(playbook: str | Path, extra_vars: dict, *, timeout: float = ANS
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_DEPRECATION_WARNINGS": "0",
     })
+    env.update(env_overrides)
     with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="extra-vars-") as handle:
         json.dump(extra_vars, handle)
         handle.flush()
         command = [
             playbook_bin if Path(playbook_bin).exists() else "ansible-playbook",
-            "-i", "localhost,", "-c", "local",
+            "-i", str(inventory), "-c", "local",
             "-e", f"ansible_python_interpreter={sys.executable}",
             "-e", f"@{handle.name}",
+            *options,
             str(playbook),
         ]
         started = time.monotonic()
-        proc = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+        proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
                               timeout=timeout, stdin=subprocess.DEVNULL, check=False)
     seconds = time.monotonic() - started
     try:
