@@ -27,6 +27,7 @@ from ansible_collections.regwarden.registry.plugins.module_utils import (
     _tag_cleanup,
 )
 from ansible_collections.regwarden.registry.plugins.module_utils._storage import ScanError, find_registries
+from ansible_collections.regwarden.registry.plugins.module_utils._storage_scan import scan_storage
 
 EXIT_CLEAN = 0
 EXIT_FINDINGS = 1
@@ -86,10 +87,10 @@ def parse_args(argv):
 
 def run_scan(args):
     present = {name for name, _v2_root in find_registries(args.path)}
-    blob = _blob_scan.scan_blobs(args.path, registries=_names(args.registries),
-                                 verify_digests=args.verify_digests)
     wanted = _names(args.index_registries) or []
-    index = _index_audit.audit_indexes(args.path, registries=[name for name in wanted if name in present])
+    blob, index = scan_storage(args.path, blob_registries=_names(args.registries),
+                               index_registries=[name for name in wanted if name in present],
+                               verify_digests=args.verify_digests)
     return {
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "path": os.path.abspath(args.path),

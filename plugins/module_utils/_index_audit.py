@@ -14,9 +14,14 @@ from ansible_collections.regwarden.registry.plugins.module_utils._index_repair i
 from ansible_collections.regwarden.registry.plugins.module_utils._manifest import (
     InvalidManifest,
 )
-from ansible_collections.regwarden.registry.plugins.module_utils._repository import ManifestCache, iter_repository_links
+from ansible_collections.regwarden.registry.plugins.module_utils._repository import (
+    ManifestCache,
+    iter_repository_links,
+)
 from ansible_collections.regwarden.registry.plugins.module_utils._storage import (
     BLOB_UNREADABLE,
+    DATA_EMPTY,
+    DATA_PRESENT,
     EMPTY_SHA256,
     LINK_INVALID,
     LINK_MISSING,
@@ -37,15 +42,30 @@ def audit_indexes(path, registries=DEFAULT_REGISTRIES, repair=False, check_mode=
     With ``repair``, orphan index children whose content is intact are relinked (in check
     mode only planned); every orphan-child finding says whether it is repairable.
     """
+    result = new_result()
+    mode = ("check" if check_mode else "apply") if repair else "report"
+    for name, v2_root in select_registries(path, registries):
+        errors = ScanErrors(name)
+        with registry_storage(name, v2_root, errors) as (v2_fd, blobs):
+            auditor = IndexAuditor(name, blobs, errors, result, mode)
+            for repo_name, repo in iter_repository_links(v2_fd, v2_root, errors):
+                auditor.audit_repository(repo_name, repo)
+            auditor.finish()
+    return finish_result(result, mode)
+
+
+def new_result():
     result = {key: [] for key in FINDING_KEYS}
     result["scan_errors"] = []
     result["repaired_links"] = []
     result["summary"] = {}
-    mode = ("check" if check_mode else "apply") if repair else "report"
-    selected = select_registries(path, registries)
-    for name, v2_root in selected:
-        _audit_registry(name, v2_root, result, mode)
-    result["registries"] = [name for name, _v2_root in selected]
+    result["registries"] = []
+    return result
+
+
+def finish_result(result, mode="report"):
+    """Sort the findings of every registry audited into ``result``; set changed/restart_required."""
+    result["registries"].sort()
     result["repaired_links"].sort()
     result["changed"] = bool(result["repaired_links"])
     result["restart_required"] = mode == "apply" and bool(result["repaired_links"])
@@ -108,25 +128,41 @@ def _manifest_servability(repo, cache, hex_digest):
                         manifest if reason is None else None, reason)
 
 
-def _audit_registry(name, v2_root, result, mode):
-    errors = ScanErrors(name)
-    counts = {
-        "repositories": 0,
-        "manifests": 0,
-        "indexes": 0,
-        "tags": 0,
-        "orphan_index_children": 0,
-        "broken_tags": 0,
-        "unservable_blobs": 0,
-        "invalid_manifests": 0,
-    }
-    with registry_storage(name, v2_root, errors) as (v2_fd, blobs):
-        cache = ManifestCache(blobs)
-        for repo_name, repo in iter_repository_links(v2_fd, v2_root, errors):
-            counts["repositories"] += 1
-            _audit_repository(name, repo_name, repo, cache, blobs, result, counts, errors, mode)
-    result["summary"][name] = counts
-    result["scan_errors"].extend(errors.items)
+class IndexAuditor:
+    """The index audit of one registry, fed one repository at a time.
+
+    ``mode``: "report", "check" (plan repairs) or "apply". Each manifest of the registry is
+    read and parsed once, whichever repositories reference it.
+    """
+
+    def __init__(self, name, blobs, errors, result, mode="report"):
+        self.name = name
+        self.blobs = blobs
+        self.errors = errors
+        self.result = result
+        self.mode = mode
+        self.cache = ManifestCache(blobs)
+        self.counts = {
+            "repositories": 0,
+            "manifests": 0,
+            "indexes": 0,
+            "tags": 0,
+            "orphan_index_children": 0,
+            "broken_tags": 0,
+            "unservable_blobs": 0,
+            "invalid_manifests": 0,
+        }
+
+    def audit_repository(self, repo_name, repo):
+        self.counts["repositories"] += 1
+        _audit_repository(self.name, repo_name, repo, self.cache, self.blobs, self.result, self.counts,
+                          self.errors, self.mode)
+
+    def finish(self):
+        """Add this registry's summary and scan errors to the result."""
+        self.result["summary"][self.name] = self.counts
+        self.result["registries"].append(self.name)
+        self.result["scan_errors"].extend(self.errors.items)
 
 
 def _audit_repository(name, repo_name, repo, cache, blobs, result, counts, errors, mode):
@@ -238,7 +274,7 @@ def _audit_blobs(name, repo_name, repo, blobs, tags_by_target, servable, result,
                 continue
             reached.setdefault(hex_digest, set()).update(tags)
             if status.manifest.is_index:
-                stack.extend(child for child, _platform, _att in status.manifest.children)
+                stack.extend(status.manifest.child_digests)
 
     broken = {}
     for manifest_hex in sorted(reached):
@@ -249,12 +285,12 @@ def _audit_blobs(name, repo_name, repo, blobs, tags_by_target, servable, result,
             entry = broken.get(blob_hex)
             if entry is None:
                 link_state, _reason = repo.layer_state(blob_hex)
-                size = blobs.size(blob_hex)
-                if size > 0 or (size == 0 and blob_hex == EMPTY_SHA256):
+                data_state = blobs.data_state(blob_hex)
+                if data_state == DATA_PRESENT or (data_state == DATA_EMPTY and blob_hex == EMPTY_SHA256):
                     blob_data = "present"
-                elif size == 0:
+                elif data_state == DATA_EMPTY:
                     blob_data = "empty"
-                elif size == BLOB_UNREADABLE:
+                elif data_state == BLOB_UNREADABLE:
                     errors.add(blobs.data_path(blob_hex), "blob data unreadable; not judged")
                     broken[blob_hex] = False
                     continue

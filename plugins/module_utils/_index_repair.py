@@ -14,6 +14,7 @@ from ansible_collections.regwarden.registry.plugins.module_utils._manifest impor
     InvalidManifest,
 )
 from ansible_collections.regwarden.registry.plugins.module_utils._storage import (
+    DATA_EMPTY,
     EMPTY_SHA256,
     LINK_INVALID,
     LINK_MISSING,
@@ -51,7 +52,7 @@ def plan_child_repair(repo, cache, blobs, child_hex):
         return ChildRepair(NOT_REPAIRED, "manifest blob data gone", True)
     if isinstance(manifest, InvalidManifest):
         return ChildRepair(NOT_REPAIRED, "manifest content invalid: %s" % manifest, True)
-    if manifest.content_digest != child_hex:
+    if manifest.content_sha256 != bytes.fromhex(child_hex):
         return ChildRepair(NOT_REPAIRED, "manifest blob does not hash to its digest", True)
     if manifest.is_index:
         return ChildRepair(NOT_REPAIRED, "the child is itself an index; not relinked", True)
@@ -59,8 +60,8 @@ def plan_child_repair(repo, cache, blobs, child_hex):
     if revision_state == LINK_MISSING:
         links.append(("revision", child_hex, repo.revision_path(child_hex)))
     for blob_hex, kind in manifest.blobs:
-        size = blobs.size(blob_hex)
-        if size < 0 or (size == 0 and blob_hex != EMPTY_SHA256):
+        state = blobs.data_state(blob_hex)
+        if state < 0 or (state == DATA_EMPTY and blob_hex != EMPTY_SHA256):
             return ChildRepair(NOT_REPAIRED, "%s %s data gone" % (kind, digest_of(blob_hex)), True)
         link_state, _reason = repo.layer_state(blob_hex)
         if link_state == LINK_INVALID:

@@ -24,21 +24,60 @@ class InvalidManifest(Exception):
     """Manifest content a 2.8 registry could not serve; the message says why."""
 
 
+# Strings and platform tuples that repeat across thousands of manifests, shared.
+_SHARED = {}
+
+
+def _shared(value):
+    return _SHARED.setdefault(value, value)
+
+
 class Manifest:
-    """What the audit needs of a manifest: its kind, children (indexes) and blobs (images)."""
+    """What the audit needs of a manifest: its kind, children (indexes) and blobs (images).
 
-    __slots__ = ("blobs", "children", "content_digest", "kind", "media_type")
+    A registry scan keeps every parsed manifest, so the digests are packed as 32-byte
+    slices of one bytes object and platforms are shared tuples; ``children`` and ``blobs``
+    give them back as hex.
+    """
 
-    def __init__(self, kind, media_type, children=(), blobs=()):
+    __slots__ = ("_details", "_digests", "content_sha256", "kind", "media_type")
+
+    def __init__(self, kind, media_type, digests=b"", details=()):
         self.kind = kind  # "index" or "image"
-        self.media_type = media_type
-        self.children = children  # ((hex, platform dict, is_attestation), ...)
-        self.blobs = blobs  # ((hex, "config" | "layer"), ...)
-        self.content_digest = None  # sha256 hex of the bytes parsed, when the loader recorded it
+        self.media_type = _shared(media_type)
+        self._digests = digests  # the children's (index) or blobs' (image) digests, 32 bytes each
+        # index: ((os, architecture, variant), is_attestation) per child; image: is_config per blob
+        self._details = _shared(details)
+        self.content_sha256 = None  # sha256 of the bytes parsed, when the loader recorded it
 
     @property
     def is_index(self):
         return self.kind == "index"
+
+    def _hexes(self):
+        digests = self._digests
+        return [digests[start:start + 32].hex() for start in range(0, len(digests), 32)]
+
+    @property
+    def children(self):
+        """((hex, {"os", "architecture", "variant"}, is_attestation), ...) of an index."""
+        if self.kind != "index":
+            return ()
+        return tuple((hex_digest, {"os": osname, "architecture": arch, "variant": variant}, attestation)
+                     for hex_digest, ((osname, arch, variant), attestation) in zip(self._hexes(), self._details))
+
+    @property
+    def blobs(self):
+        """((hex, "config" | "layer"), ...) of an image manifest."""
+        if self.kind == "index":
+            return ()
+        return tuple((hex_digest, "config" if is_config else "layer")
+                     for hex_digest, is_config in zip(self._hexes(), self._details))
+
+    @property
+    def child_digests(self):
+        """The children's hex digests only (no platform dicts built)."""
+        return self._hexes() if self.kind == "index" else []
 
 
 def parse_manifest(content):
@@ -56,84 +95,88 @@ def parse_manifest(content):
     version = doc.get("schemaVersion")
     media_type = doc.get("mediaType") or ""
     if version == 1:
-        return Manifest("image", media_type or DOCKER_SCHEMA1_SIGNED, blobs=_schema1_blobs(doc))
+        return Manifest("image", media_type or DOCKER_SCHEMA1_SIGNED, *_schema1_blobs(doc))
     if version != 2:
         raise InvalidManifest("unsupported schemaVersion %r" % (version,))
     if not isinstance(media_type, str):
         raise InvalidManifest("mediaType is not a string")
     if media_type in INDEX_TYPES:
-        return Manifest("index", media_type, children=_children(doc))
+        return Manifest("index", media_type, *_children(doc))
     if media_type in IMAGE_TYPES:
-        return Manifest("image", media_type, blobs=_image_blobs(doc))
+        return Manifest("image", media_type, *_image_blobs(doc))
     if media_type == "":
         # OCI content may omit mediaType: 2.8 tries an index first, then an image manifest.
         if isinstance(doc.get("manifests"), list):
-            return Manifest("index", OCI_INDEX, children=_children(doc))
-        return Manifest("image", OCI_MANIFEST, blobs=_image_blobs(doc))
+            return Manifest("index", OCI_INDEX, *_children(doc))
+        return Manifest("image", OCI_MANIFEST, *_image_blobs(doc))
     raise InvalidManifest("unrecognized manifest media type %s" % media_type)
 
 
-def _descriptor_hex(descriptor, where):
+def _descriptor_digest(descriptor, where):
+    """The 32-byte digest of a descriptor's "sha256:<64 lowercase hex>"; InvalidManifest otherwise."""
+    try:
+        digest = descriptor["digest"]
+        raw = bytes.fromhex(digest[7:])
+        # fromhex also takes upper case and spaces: only the canonical form round-trips.
+        if digest[:7] == "sha256:" and len(raw) == 32 and raw.hex() == digest[7:]:
+            return raw
+    except (TypeError, KeyError, ValueError):
+        pass
     if not isinstance(descriptor, dict):
         raise InvalidManifest("%s is not a descriptor object" % where)
-    digest = descriptor.get("digest")
-    match = _DIGEST.match(digest) if isinstance(digest, str) else None
-    if match is None:
-        raise InvalidManifest("%s has no sha256 digest (got %r)" % (where, digest))
-    return match.group(1)
+    raise InvalidManifest("%s has no sha256 digest (got %r)" % (where, descriptor.get("digest")))
 
 
 def _children(doc):
     manifests = doc.get("manifests")
     if not isinstance(manifests, list):
         raise InvalidManifest("index has no manifests list")
-    children = []
+    digests = []
+    details = []
     for position, descriptor in enumerate(manifests):
-        hex_digest = _descriptor_hex(descriptor, "manifests[%d]" % position)
+        digests.append(_descriptor_digest(descriptor, "manifests[%d]" % position))
         platform = descriptor.get("platform")
         platform = platform if isinstance(platform, dict) else {}
         annotations = descriptor.get("annotations")
         annotations = annotations if isinstance(annotations, dict) else {}
-        children.append((
-            hex_digest,
-            {
-                "os": _text(platform.get("os")),
-                "architecture": _text(platform.get("architecture")),
-                "variant": _text(platform.get("variant")),
-            },
+        details.append(_shared((
+            _shared((_text(platform.get("os")), _text(platform.get("architecture")),
+                     _text(platform.get("variant")))),
             annotations.get(ATTESTATION_ANNOTATION) == "attestation-manifest",
-        ))
-    return tuple(children)
+        )))
+    return b"".join(digests), tuple(details)
 
 
 def _image_blobs(doc):
-    blobs = []
+    digests = []
+    details = []
     config = doc.get("config")
     if config is not None:
-        blobs.append((_descriptor_hex(config, "config"), "config"))
+        digests.append(_descriptor_digest(config, "config"))
+        details.append(True)
     layers = doc.get("layers", [])
     if not isinstance(layers, list):
         raise InvalidManifest("layers is not a list")
     for position, descriptor in enumerate(layers):
-        hex_digest = _descriptor_hex(descriptor, "layers[%d]" % position)
+        raw = _descriptor_digest(descriptor, "layers[%d]" % position)
         # Foreign (non-distributable) layers are fetched from their URLs, not from the registry.
         if descriptor.get("urls"):
             continue
-        blobs.append((hex_digest, "layer"))
-    return tuple(blobs)
+        digests.append(raw)
+        details.append(False)
+    return b"".join(digests), tuple(details)
 
 
 def _schema1_blobs(doc):
     layers = doc.get("fsLayers")
     if not isinstance(layers, list):
         raise InvalidManifest("schema1 manifest has no fsLayers list")
-    blobs = []
+    digests = []
     for position, layer in enumerate(layers):
         if not isinstance(layer, dict):
             raise InvalidManifest("fsLayers[%d] is not an object" % position)
-        hex_digest = _descriptor_hex({"digest": layer.get("blobSum")}, "fsLayers[%d]" % position)
-        blobs.append((hex_digest, "layer"))
-    return tuple(blobs)
+        digests.append(_descriptor_digest({"digest": layer.get("blobSum")}, "fsLayers[%d]" % position))
+    return b"".join(digests), (False,) * len(digests)
 
 
 def _text(value):

@@ -19,6 +19,7 @@ from ansible_collections.regwarden.registry.plugins.module_utils._storage import
     BLOB_UNREADABLE,
     LINK_MISSING,
     LINK_OK,
+    BlobTooLarge,
     close_fd,
     is_hex_digest,
     iter_link_dirs,
@@ -30,6 +31,10 @@ from ansible_collections.regwarden.registry.plugins.module_utils._storage import
 # A tag's current link: state/target/reason as read_link_at gives them, the link's path and
 # its mtime (when the tag was last pushed; None when there is no link file).
 TagLink = collections.namedtuple("TagLink", "state target reason path updated")
+
+# (state, reason) of a link; the common ones shared rather than built per link.
+LINK_OK_STATE = (LINK_OK, None)
+LINK_MISSING_STATE = (LINK_MISSING, None)
 
 
 class ManifestCache:
@@ -50,30 +55,35 @@ class ManifestCache:
         return parsed
 
     def _load(self, hex_digest):
-        size = self.blobs.size(hex_digest)
-        if size in BLOB_GONE_STATES:
+        state = self.blobs.data_state(hex_digest)
+        if state in BLOB_GONE_STATES:
             return self.GONE
-        if size == BLOB_UNREADABLE:
+        if state == BLOB_UNREADABLE:
             return InvalidManifest("manifest blob unreadable (permission denied or a symlinked directory)")
-        if size > MANIFEST_MAX_BYTES:
-            return InvalidManifest("manifest is larger than %d bytes (%d)" % (MANIFEST_MAX_BYTES, size))
         try:
             content = self.blobs.read(hex_digest, MANIFEST_MAX_BYTES)
+        except BlobTooLarge as exc:
+            return InvalidManifest("manifest is larger than %d bytes (%d)" % (MANIFEST_MAX_BYTES, exc.size))
         except (FileNotFoundError, NotADirectoryError):
             return self.GONE
         except OSError as exc:
             return InvalidManifest("manifest blob unreadable: %s" % (exc.strerror or exc))
+        # parse_manifest refuses content over the bound (read() returns one byte more then).
         try:
             manifest = parse_manifest(content)
         except InvalidManifest as exc:
             return exc
         # Hashing the few KB just read costs little and spares a repair from reading them again.
-        manifest.content_digest = hashlib.sha256(content).hexdigest()
+        manifest.content_sha256 = hashlib.sha256(content).digest()
         return manifest
 
 
 class RepositoryLinks:
-    """Link state of one repository, read lazily and at most once per link."""
+    """Link state of one repository, read lazily and at most once per link.
+
+    When the blob scan walks the same repository first (one process running both scans),
+    it hands over every link it read (record_*), and nothing is read twice.
+    """
 
     def __init__(self, path, fd, errors):
         self.path = path
@@ -82,15 +92,30 @@ class RepositoryLinks:
         self.revisions_dir = os.path.join(path, "_manifests", "revisions", "sha256")
         self.layers_dir = os.path.join(path, "_layers", "sha256")
         self.revisions = {}  # hex -> (state, reason) for every revision dir with a link file
+        self._revisions_loaded = False
         self._layers_fd = None
         self._layer_dirs = None  # names of the real (non-symlink) directories under _layers/sha256
         self._layer_links = {}
+        self._layers_complete = False  # _layer_links holds every layer link there is
 
     def close(self):
         close_fd(self._layers_fd)
         self._layers_fd = None
 
+    def record_revisions(self, states):
+        """{hex: (state, reason)} of every revision directory with a link file, as read by the caller."""
+        self.revisions = states
+        self._revisions_loaded = True
+
+    def record_layer_links(self, states):
+        """{hex: (state, reason)} of every _layers directory with a link file, as read by the caller."""
+        self._layer_links = states
+        self._layers_complete = True
+
     def load_revisions(self):
+        if self._revisions_loaded:
+            return
+        self._revisions_loaded = True
         dir_fd = open_subdir(self.fd, ("_manifests", "revisions", "sha256"), self.path, self.errors)
         if dir_fd is None:
             return
@@ -100,12 +125,12 @@ class RepositoryLinks:
                     continue  # reported by the blob scan; the registry cannot address it
                 state, _target, reason = read_link_at(dir_fd, entry + "/link", entry)
                 if state != LINK_MISSING:
-                    self.revisions[entry] = (state, reason)
+                    self.revisions[entry] = LINK_OK_STATE if state == LINK_OK else (state, reason)
         finally:
             close_fd(dir_fd)
 
     def revision_state(self, hex_digest):
-        return self.revisions.get(hex_digest, (LINK_MISSING, None))
+        return self.revisions.get(hex_digest, LINK_MISSING_STATE)
 
     def _load_layer_dirs(self):
         self._layer_dirs = set()
@@ -116,27 +141,26 @@ class RepositoryLinks:
     def layer_state(self, hex_digest):
         state = self._layer_links.get(hex_digest)
         if state is None:
+            if self._layers_complete:
+                return LINK_MISSING_STATE
             if self._layer_dirs is None:
                 self._load_layer_dirs()
             if hex_digest not in self._layer_dirs:
-                state = (LINK_MISSING, None)  # absent, or a symlink (reported by the blob scan)
+                state = LINK_MISSING_STATE  # absent, or a symlink (reported by the blob scan)
             else:
                 link_state, _target, reason = read_link_at(self._layers_fd, hex_digest + "/link", hex_digest)
-                state = (link_state, reason)
+                state = LINK_OK_STATE if link_state == LINK_OK else (link_state, reason)
             self._layer_links[hex_digest] = state
         return state
 
     def mark_linked(self, kind, hex_digest):
         """Record a link written by a repair."""
         if kind == "revision":
-            self.revisions[hex_digest] = (LINK_OK, None)
+            self.revisions[hex_digest] = LINK_OK_STATE
         else:
-            if self._layer_dirs is None:
-                self._load_layer_dirs()
-            if self._layers_fd is None:
-                self._layers_fd = open_subdir(self.fd, ("_layers", "sha256"), self.path, self.errors)
-            self._layer_dirs.add(hex_digest)
-            self._layer_links[hex_digest] = (LINK_OK, None)
+            if self._layer_dirs is not None:
+                self._layer_dirs.add(hex_digest)
+            self._layer_links[hex_digest] = LINK_OK_STATE
 
     def revision_path(self, hex_digest):
         return os.path.join(self.revisions_dir, hex_digest, "link")

@@ -25,7 +25,10 @@ _DIGEST = re.compile(r"sha256:([0-9a-f]{64})\Z")
 _O_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
 _O_FILE = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
 
-# Blob data states (cached per registry, one stat per distinct digest); sizes are >= 0.
+# Blob data states (cached per registry, one stat per distinct digest). Small ints, so a
+# million cached states cost no int objects.
+DATA_PRESENT = 1  # a regular file with content
+DATA_EMPTY = 0  # a regular file of 0 bytes
 BLOB_MISSING = -1  # blob directory present, data file absent
 BLOB_NOT_REGULAR = -2  # data is a directory, symlink or device
 BLOB_UNREADABLE = -3  # cannot tell: permission denied or a symlinked directory on the way
@@ -54,6 +57,14 @@ def is_hex_digest(name):
 
 def digest_of(hex_digest):
     return "sha256:" + hex_digest
+
+
+class BlobTooLarge(Exception):
+    """The blob data is larger than the caller's bound; ``size`` says how large."""
+
+    def __init__(self, size):
+        super().__init__("blob data is %d bytes" % size)
+        self.size = size
 
 
 class SymlinkRefused(Exception):
@@ -329,8 +340,10 @@ def iter_link_dirs(dir_fd):
 class BlobStore:
     """Blob data of one registry, each digest stat'ed at most once.
 
-    Every access goes blobs/sha256/<xx>/<hex>/data one component at a time through
-    cached descriptors, so no symlinked directory is ever followed.
+    Every access goes blobs/sha256/<xx>/<hex>/data relative to a cached descriptor of the
+    prefix directory, whose listing (read once, d_type only) says which <hex> entries are
+    symlinks: those are never followed. States are cached under the 32-byte digest, half
+    the memory of the hex text.
     """
 
     _REFUSED = -1
@@ -354,8 +367,8 @@ class BlobStore:
             raise ScanError("registry %s: cannot open the blob store %s: %s"
                             % (name, self.root, exc.strerror or exc)) from None
         self._prefixes = {}
-        self._listings = {}
-        self._sizes = {}
+        self._listings = {}  # prefix -> (symlinked names, other non-directories) of that directory
+        self._states = {}  # 32-byte digest -> DATA_* / BLOB_* state
 
     def close(self):
         for fd in self._prefixes.values():
@@ -369,24 +382,25 @@ class BlobStore:
         return os.path.join(self.root, hex_digest[:2], hex_digest, "data")
 
     def checked_count(self):
-        return len(self._sizes)
+        return len(self._states)
 
-    def size(self, hex_digest):
-        """Size of the blob data (>= 0), or one of the BLOB_* states."""
-        size = self._sizes.get(hex_digest)
-        if size is None:
-            size = self._stat(hex_digest)
-            self._sizes[hex_digest] = size
-        return size
+    def data_state(self, hex_digest):
+        """DATA_PRESENT, DATA_EMPTY, or one of the BLOB_* states of the blob's data file."""
+        key = bytes.fromhex(hex_digest)
+        state = self._states.get(key)
+        if state is None:
+            state = self._stat(hex_digest)
+            self._states[key] = state
+        return state
 
-    def fresh_size(self, hex_digest):
+    def fresh_data_state(self, hex_digest):
         """Stat again, bypassing every cache (used right before a repair)."""
-        size = self._stat_fresh(hex_digest)
-        self._sizes[hex_digest] = size
-        return size
+        state = self._stat_fresh(hex_digest)
+        self._states[bytes.fromhex(hex_digest)] = state
+        return state
 
     def reason(self, hex_digest):
-        return _BLOB_REASONS.get(self.size(hex_digest), "blob data present")
+        return _BLOB_REASONS.get(self.data_state(hex_digest), "blob data present")
 
     def _prefix_fd(self, prefix):
         fd = self._prefixes.get(prefix)
@@ -403,39 +417,55 @@ class BlobStore:
             self._prefixes[prefix] = fd
         return fd
 
+    _NO_NAMES = frozenset()
+
     def _listing(self, prefix):
-        """(real blob dirs, symlinked names) of one prefix directory, read once with d_type."""
+        """(symlinked names, other non-directory names) of one prefix directory, read once with d_type.
+
+        Only the exceptions are kept: a real blob directory is anything else that exists.
+        """
         listing = self._listings.get(prefix)
         if listing is None:
             prefix_fd = self._prefix_fd(prefix)
             if prefix_fd is None or prefix_fd == self._REFUSED:
                 listing = prefix_fd
             else:
-                dirs = set()
                 links = set()
+                others = set()
                 for name, is_dir, is_link in iter_link_dirs(prefix_fd):
                     if is_link:
                         links.add(name)
-                    elif is_dir:
-                        dirs.add(name)
-                listing = (dirs, links)
+                    elif not is_dir:
+                        others.add(name)
+                listing = (frozenset(links) or self._NO_NAMES, frozenset(others) or self._NO_NAMES)
             self._listings[prefix] = listing
         return listing
 
     def _stat(self, hex_digest):
-        """One stat of the data file: the listing already told whether the blob dir is real."""
+        """One stat of the data file: the listing already told that the blob dir is no symlink."""
         listing = self._listing(hex_digest[:2])
         if listing is None:
             return BLOB_DIR_MISSING
         if listing == self._REFUSED:
             return BLOB_UNREADABLE
-        dirs, links = listing
+        links, others = listing
         if hex_digest in links:
             self.errors.add(os.path.dirname(self.data_path(hex_digest)), "symlink not followed")
             return BLOB_UNREADABLE
-        if hex_digest not in dirs:
+        if hex_digest in others:
             return BLOB_DIR_MISSING
-        return self._stat_data(self._prefixes[hex_digest[:2]], hex_digest)
+        prefix_fd = self._prefixes[hex_digest[:2]]
+        state = self._stat_data(prefix_fd, hex_digest)
+        if state == BLOB_MISSING:
+            # Rare (damage only): one more stat tells a missing data file from a missing blob dir.
+            try:
+                if not stat.S_ISDIR(os.stat(hex_digest, dir_fd=prefix_fd, follow_symlinks=False).st_mode):
+                    return BLOB_DIR_MISSING
+            except (FileNotFoundError, NotADirectoryError):
+                return BLOB_DIR_MISSING
+            except OSError:
+                return BLOB_UNREADABLE
+        return state
 
     def _stat_fresh(self, hex_digest):
         prefix_fd = self._prefix_fd(hex_digest[:2])
@@ -466,27 +496,36 @@ class BlobStore:
             return BLOB_UNREADABLE
         if not stat.S_ISREG(st.st_mode):
             return BLOB_NOT_REGULAR
-        return st.st_size
+        return DATA_PRESENT if st.st_size > 0 else DATA_EMPTY
 
     def open_data(self, hex_digest):
         """Descriptor of the blob's data file (OSError if it cannot be opened safely)."""
         prefix_fd = self._prefix_fd(hex_digest[:2])
         if prefix_fd is None or prefix_fd == self._REFUSED:
             raise FileNotFoundError(errno.ENOENT, "blob directory missing", self.data_path(hex_digest))
-        blob_fd = os.open(hex_digest, _O_DIR, dir_fd=prefix_fd)
-        try:
-            return os.open("data", _O_FILE, dir_fd=blob_fd)
-        finally:
-            os.close(blob_fd)
+        links, _others = self._listing(hex_digest[:2])
+        if hex_digest in links:
+            raise OSError(errno.ELOOP, "symlink not followed", os.path.dirname(self.data_path(hex_digest)))
+        # The listing says <hex> is no symlink, so one open relative to the prefix is safe.
+        return os.open(hex_digest + "/data", _O_FILE, dir_fd=prefix_fd)
 
     def read(self, hex_digest, limit):
-        """Read up to ``limit`` + 1 bytes of a blob (callers detect oversize content)."""
+        """The blob's content; BlobTooLarge (nothing read) when its data file is over ``limit`` bytes.
+
+        A file growing meanwhile gives at most ``limit`` + 1 bytes: callers detect oversize content.
+        """
         fd = self.open_data(hex_digest)
         try:
+            size = os.fstat(fd).st_size
+            if size > limit:
+                raise BlobTooLarge(size)
             chunks = []
             remaining = limit + 1
+            # Manifests are a few KB: a small first read spares allocating (and mapping) 1 MiB each time.
+            size = 1 << 16
             while remaining > 0:
-                chunk = os.read(fd, min(remaining, 1 << 20))
+                chunk = os.read(fd, min(remaining, size))
+                size = 1 << 20
                 if not chunk:
                     break
                 chunks.append(chunk)

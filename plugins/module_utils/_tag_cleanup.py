@@ -177,7 +177,7 @@ def _reachable(cache, roots):
         reached.add(hex_digest)
         manifest = cache.get(hex_digest)
         if getattr(manifest, "is_index", False):
-            stack.extend(child for child, _platform, _att in manifest.children)
+            stack.extend(manifest.child_digests)
     return reached
 
 

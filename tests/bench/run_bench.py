@@ -7,7 +7,8 @@ interleaved so background load hits every candidate alike; medians reported, tar
 are medians of the per-round ratios):
   (a) blob scan      scan_blobs(path)
   (b) index audit    audit_indexes(path, registries=<all registries>)
-  (c) both           (a) then (b) in one process
+  (c) both           both scans in one walk: scan_storage(path, index_registries=<all>), what the
+                     scanner CLI on the VM runs (each link read and each blob stat'ed once for both)
   (d) find           find PATH -name link -type f | wc -l
   (e) naive          naive_scan.py (os.walk + isfile + json.load per link)
 Wall time from the parent's clock; CPU time and peak RSS (ru_maxrss) from GNU time around the
@@ -37,7 +38,7 @@ MODES = ("blob", "index", "both", "find", "naive")
 LABELS = {
     "blob": "(a) registry_blob_scan scan",
     "index": "(b) registry_index_audit scan",
-    "both": "(c) both modules, one process",
+    "both": "(c) both scans, one walk",
     "find": "(d) find -name link | wc -l",
     "naive": "(e) naive os.walk scan",
 }
@@ -84,6 +85,7 @@ def child_main(mode, path, out_file, full, profile_file):
         from ansible_collections.regwarden.registry.plugins.module_utils._blob_scan import scan_blobs
         from ansible_collections.regwarden.registry.plugins.module_utils._index_audit import audit_indexes
         from ansible_collections.regwarden.registry.plugins.module_utils._storage import find_registries
+        from ansible_collections.regwarden.registry.plugins.module_utils._storage_scan import scan_storage
 
         names = [name for name, _ in find_registries(path)]
         profiler = None
@@ -92,8 +94,11 @@ def child_main(mode, path, out_file, full, profile_file):
             profiler = cProfile.Profile()
             profiler.enable()
         start = time.perf_counter()
-        blob_result = scan_blobs(path) if mode in ("blob", "both") else None
-        index_result = audit_indexes(path, registries=names) if mode in ("index", "both") else None
+        if mode == "both":
+            blob_result, index_result = scan_storage(path, index_registries=names)
+        else:
+            blob_result = scan_blobs(path) if mode == "blob" else None
+            index_result = audit_indexes(path, registries=names) if mode == "index" else None
         report["scan_seconds"] = time.perf_counter() - start
         if profiler is not None:
             profiler.disable()

@@ -399,7 +399,7 @@ def test_remove_orphan_checks_again_right_before_removing(private, repair, remov
     errors = ScanErrors("private")
     v2_fd = open_dir(str(private.v2))
     blobs = BlobStore("private", v2_fd, str(private.v2), errors)
-    assert blobs.size(layer) < 0  # the scan saw an orphan; the cache remembers it
+    assert blobs.data_state(layer) < 0  # the scan saw an orphan; the cache remembers it
     if repair == "data":
         private.data_path(layer).write_bytes(content)
     elif repair == "relinked":
@@ -604,14 +604,14 @@ def test_unreadable_blob_store_is_a_clear_error_not_a_traceback(private, storage
 def test_repo_removed_while_scanned(private, storage, monkeypatch):
     private.remove_data(private.push_blob("a", b"orphan a"))
     private.remove_data(private.push_blob("b", b"orphan b"))
-    original = _blob_scan._scan_link_kind
+    original = _blob_scan.BlobScanner._scan_link_kind
 
-    def remove_b_first(name, repo, links_dir, *args):
+    def remove_b_first(self, repo, links_dir, *args):
         if repo == "b":
             shutil.rmtree(private.repo_dir("b"), ignore_errors=True)
-        return original(name, repo, links_dir, *args)
+        return original(self, repo, links_dir, *args)
 
-    monkeypatch.setattr(_blob_scan, "_scan_link_kind", remove_b_first)
+    monkeypatch.setattr(_blob_scan.BlobScanner, "_scan_link_kind", remove_b_first)
     result = scan_blobs(str(storage), remove_orphans=True)
     assert [f["repo"] for f in result["orphan_layer_links"]] == ["a"]
     assert result["removed_links"] == [str(private.layer_link_path("a", sha256_hex(b"orphan a")))]

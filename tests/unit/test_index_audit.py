@@ -424,17 +424,19 @@ def test_truncated_and_oversized_manifests_are_findings(private, storage):
 
 def test_oversized_manifest_is_not_read_whole(private, storage, monkeypatch):
     huge = private.put_manifest("app", b"{" + b" " * (5 * 1024 * 1024) + b"}")
-    reads = []
-    original = BlobStore.read
+    read_bytes = {}
+    original = os.read
 
-    def recording_read(self, hex_digest, limit):
-        reads.append(hex_digest)
-        return original(self, hex_digest, limit)
+    def recording_read(fd, length):
+        data = original(fd, length)
+        read_bytes[fd] = read_bytes.get(fd, 0) + len(data)
+        return data
 
-    monkeypatch.setattr(BlobStore, "read", recording_read)
+    monkeypatch.setattr(os, "read", recording_read)
     result = audit_indexes(str(storage))
     assert [f["digest"] for f in result["invalid_manifests"]] == [digest(huge)]
-    assert huge not in reads  # decided from the size alone
+    assert "(%d)" % (5 * 1024 * 1024 + 2) in result["invalid_manifests"][0]["reason"]
+    assert max(read_bytes.values()) < 1024 * 1024  # decided from fstat: the 5 MiB were never read
 
 
 # -- permission denied, a tree changing under the audit -------------------------------------
