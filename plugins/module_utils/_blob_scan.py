@@ -5,10 +5,12 @@
 Used by the registry_blob_scan module and by the scanner CLI on the registry VM.
 """
 
+import functools
 import hashlib
 import os
 import stat
 
+from ansible_collections.regwarden.registry.plugins.module_utils._parallel import map_registries, merge_results
 from ansible_collections.regwarden.registry.plugins.module_utils._repository import (
     LINK_OK_STATE,
     iter_repository_links,
@@ -54,17 +56,30 @@ def new_result():
     }
 
 
-def scan_blobs(path, registries=None, remove_orphans=False, verify_digests=False, check_mode=False):
-    """Scan the registries under ``path``; see the registry_blob_scan module for the result."""
+def scan_blobs(path, registries=None, remove_orphans=False, verify_digests=False, check_mode=False,
+               processes=None):
+    """Scan the registries under ``path``; see the registry_blob_scan module for the result.
+
+    ``processes``: registries scanned at once (default: the usable CPUs, see _parallel).
+    """
+    scan = functools.partial(_scan_registry, remove_orphans=remove_orphans, verify_digests=verify_digests,
+                             check_mode=check_mode)
     result = new_result()
-    for name, v2_root in select_registries(path, registries):
-        errors = ScanErrors(name)
-        with registry_storage(name, v2_root, errors) as (v2_fd, blobs):
-            scanner = BlobScanner(name, blobs, errors, result, remove_orphans, check_mode)
-            for repo_name, repo in iter_repository_links(v2_fd, v2_root, errors):
-                scanner.scan_repository(repo_name, repo)
-            scanner.finish(verify_digests)
+    for part in map_registries(scan, select_registries(path, registries), processes):
+        merge_results(result, part)
     return finish_result(result, check_mode)
+
+
+def _scan_registry(name, v2_root, remove_orphans=False, verify_digests=False, check_mode=False):
+    """One registry's blob scan, as a result of its own (merged by the caller)."""
+    result = new_result()
+    errors = ScanErrors(name)
+    with registry_storage(name, v2_root, errors) as (v2_fd, blobs):
+        scanner = BlobScanner(name, blobs, errors, result, remove_orphans, check_mode)
+        for repo_name, repo in iter_repository_links(v2_fd, v2_root, errors):
+            scanner.scan_repository(repo_name, repo)
+        scanner.finish(verify_digests)
+    return result
 
 
 def finish_result(result, check_mode=False):

@@ -10,10 +10,13 @@ exist.
 """
 
 
+import functools
+
 from ansible_collections.regwarden.registry.plugins.module_utils._index_repair import REPAIRED, repair_children
 from ansible_collections.regwarden.registry.plugins.module_utils._manifest import (
     InvalidManifest,
 )
+from ansible_collections.regwarden.registry.plugins.module_utils._parallel import map_registries, merge_results
 from ansible_collections.regwarden.registry.plugins.module_utils._repository import (
     ManifestCache,
     iter_repository_links,
@@ -36,22 +39,31 @@ FINDING_KEYS = ("orphan_index_children", "broken_tags", "unservable_blobs", "inv
 DEFAULT_REGISTRIES = ("private",)
 
 
-def audit_indexes(path, registries=DEFAULT_REGISTRIES, repair=False, check_mode=False):
+def audit_indexes(path, registries=DEFAULT_REGISTRIES, repair=False, check_mode=False, processes=None):
     """Audit the registries under ``path``; see the registry_index_audit module for the result.
 
     With ``repair``, orphan index children whose content is intact are relinked (in check
     mode only planned); every orphan-child finding says whether it is repairable.
+    ``processes``: registries audited at once (default: the usable CPUs, see _parallel).
     """
-    result = new_result()
     mode = ("check" if check_mode else "apply") if repair else "report"
-    for name, v2_root in select_registries(path, registries):
-        errors = ScanErrors(name)
-        with registry_storage(name, v2_root, errors) as (v2_fd, blobs):
-            auditor = IndexAuditor(name, blobs, errors, result, mode)
-            for repo_name, repo in iter_repository_links(v2_fd, v2_root, errors):
-                auditor.audit_repository(repo_name, repo)
-            auditor.finish()
+    result = new_result()
+    audit = functools.partial(_audit_registry, mode=mode)
+    for part in map_registries(audit, select_registries(path, registries), processes):
+        merge_results(result, part)
     return finish_result(result, mode)
+
+
+def _audit_registry(name, v2_root, mode="report"):
+    """One registry's audit, as a result of its own (merged by the caller)."""
+    result = new_result()
+    errors = ScanErrors(name)
+    with registry_storage(name, v2_root, errors) as (v2_fd, blobs):
+        auditor = IndexAuditor(name, blobs, errors, result, mode)
+        for repo_name, repo in iter_repository_links(v2_fd, v2_root, errors):
+            auditor.audit_repository(repo_name, repo)
+        auditor.finish()
+    return result
 
 
 def new_result():
@@ -142,6 +154,9 @@ class IndexAuditor:
         self.result = result
         self.mode = mode
         self.cache = ManifestCache(blobs)
+        # One platform dict per distinct platform, shared by the findings (pull-through caches
+        # can have tens of thousands of by-design orphan children).
+        self.platforms = {}
         self.counts = {
             "repositories": 0,
             "manifests": 0,
@@ -156,7 +171,7 @@ class IndexAuditor:
     def audit_repository(self, repo_name, repo):
         self.counts["repositories"] += 1
         _audit_repository(self.name, repo_name, repo, self.cache, self.blobs, self.result, self.counts,
-                          self.errors, self.mode)
+                          self.errors, self.mode, self.platforms)
 
     def finish(self):
         """Add this registry's summary and scan errors to the result."""
@@ -165,7 +180,7 @@ class IndexAuditor:
         self.result["scan_errors"].extend(self.errors.items)
 
 
-def _audit_repository(name, repo_name, repo, cache, blobs, result, counts, errors, mode):
+def _audit_repository(name, repo_name, repo, cache, blobs, result, counts, errors, mode, platforms):
     repo.load_revisions()
     tags = repo.read_tags()
     counts["tags"] += len(tags)
@@ -217,6 +232,7 @@ def _audit_repository(name, repo_name, repo, cache, blobs, result, counts, error
             continue
         counts["indexes"] += 1
         index_tags = sorted(tags_by_target.get(hex_digest, ()))
+        index_digest = digest_of(hex_digest)
         for child_hex, platform, attestation in status.manifest.children:
             child = servable(child_hex)
             if child.servable:
@@ -226,11 +242,11 @@ def _audit_repository(name, repo_name, repo, cache, blobs, result, counts, error
             orphans.append({
                 "registry": name,
                 "repo": repo_name,
-                "index_digest": digest_of(hex_digest),
+                "index_digest": index_digest,
                 "index_media_type": status.manifest.media_type,
                 "tags": index_tags,
                 "child_digest": digest_of(child_hex),
-                "platform": dict(platform),
+                "platform": platforms.setdefault(tuple(platform.items()), platform),
                 "attestation": attestation,
                 "revision_link": child.revision_link,
                 "layer_link_fallback": child.layer_link_fallback,

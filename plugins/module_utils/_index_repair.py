@@ -52,7 +52,7 @@ def plan_child_repair(repo, cache, blobs, child_hex):
         return ChildRepair(NOT_REPAIRED, "manifest blob data gone", True)
     if isinstance(manifest, InvalidManifest):
         return ChildRepair(NOT_REPAIRED, "manifest content invalid: %s" % manifest, True)
-    if manifest.content_sha256 != bytes.fromhex(child_hex):
+    if not manifest.intact:
         return ChildRepair(NOT_REPAIRED, "manifest blob does not hash to its digest", True)
     if manifest.is_index:
         return ChildRepair(NOT_REPAIRED, "the child is itself an index; not relinked", True)

@@ -40,7 +40,7 @@ class Manifest:
     give them back as hex.
     """
 
-    __slots__ = ("_details", "_digests", "content_sha256", "kind", "media_type")
+    __slots__ = ("_details", "_digests", "intact", "kind", "media_type")
 
     def __init__(self, kind, media_type, digests=b"", details=()):
         self.kind = kind  # "index" or "image"
@@ -48,7 +48,7 @@ class Manifest:
         self._digests = digests  # the children's (index) or blobs' (image) digests, 32 bytes each
         # index: ((os, architecture, variant), is_attestation) per child; image: is_config per blob
         self._details = _shared(details)
-        self.content_sha256 = None  # sha256 of the bytes parsed, when the loader recorded it
+        self.intact = None  # whether the bytes parsed hash to the digest, when the loader checked
 
     @property
     def is_index(self):

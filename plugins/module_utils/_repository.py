@@ -44,14 +44,15 @@ class ManifestCache:
 
     def __init__(self, blobs):
         self.blobs = blobs
-        self._parsed = {}
+        self._parsed = {}  # 32-byte digest -> Manifest / InvalidManifest / GONE
 
     def get(self, hex_digest):
         """A Manifest, an InvalidManifest, or GONE when the blob data is not there."""
-        parsed = self._parsed.get(hex_digest)
+        key = bytes.fromhex(hex_digest)
+        parsed = self._parsed.get(key)
         if parsed is None:
             parsed = self._load(hex_digest)
-            self._parsed[hex_digest] = parsed
+            self._parsed[key] = parsed
         return parsed
 
     def _load(self, hex_digest):
@@ -73,8 +74,8 @@ class ManifestCache:
             manifest = parse_manifest(content)
         except InvalidManifest as exc:
             return exc
-        # Hashing the few KB just read costs little and spares a repair from reading them again.
-        manifest.content_sha256 = hashlib.sha256(content).digest()
+        # Hashing the few KB just read spares a repair from reading them again; a bool costs no memory.
+        manifest.intact = hashlib.sha256(content).hexdigest() == hex_digest
         return manifest
 
 

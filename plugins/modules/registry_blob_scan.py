@@ -66,6 +66,8 @@ attributes:
 notes:
   - Run it on the registry host (it reads the storage directly), as a user that can read the
     storage; removal needs write access.
+  - Registries are scanned in parallel, each whole by one forked process, up to the CPUs the task
+    may use (its CPU affinity) and at most 4. Limit them with C(taskset) or a cgroup on a busy host.
 seealso:
   - module: regwarden.registry.registry_index_audit
 """

@@ -71,6 +71,8 @@ attributes:
 notes:
   - The registry's in-memory descriptor cache can hide on-disk damage until it restarts; this
     module reports what the registry will serve once it has restarted.
+  - Registries are scanned in parallel, each whole by one forked process, up to the CPUs the task
+    may use (its CPU affinity) and at most 4. Limit them with C(taskset) or a cgroup on a busy host.
 seealso:
   - module: regwarden.registry.registry_blob_scan
 """

@@ -55,6 +55,35 @@ def test_one_walk_finds_exactly_the_injected_damage(generated):
                                       "invalid_manifests"))
 
 
+@pytest.mark.parametrize("processes", [1, 2, 3])
+def test_registries_in_parallel_processes_give_the_same_results(generated, processes):
+    path = generated["path"]
+    names = generated["registries"]
+    reference_blob, reference_index = _storage_scan.scan_storage(path, index_registries=names, processes=1)
+    assert _storage_scan.scan_storage(path, index_registries=names, processes=processes) == (
+        reference_blob, reference_index)
+    assert audit_indexes(path, registries=names, processes=processes) == audit_indexes(
+        path, registries=names, processes=1) == reference_index
+    assert scan_blobs(path, processes=processes) == scan_blobs(path, processes=1)
+
+
+def test_a_registry_failing_in_a_worker_process_fails_the_scan_clearly(make_registry, storage):
+    # Links but no blob store at all (an unmounted volume): a ScanError from that registry's process.
+    healthy = make_registry("dockerhub")
+    healthy.push_image("library/base", "image")
+    broken = make_registry("private")
+    broken.push_image("team/app", "image")
+    v2_fd = os.open(str(broken.v2), os.O_RDONLY)
+    try:
+        _storage.rmtree_at(v2_fd, "blobs")
+    finally:
+        os.close(v2_fd)
+    with pytest.raises(ScanError, match=r"registry private: the blob store .* is missing"):
+        scan_blobs(str(storage), processes=2)
+    with pytest.raises(ScanError, match=r"registry private: the blob store .* is missing"):
+        _storage_scan.scan_storage(str(storage), processes=2)
+
+
 def test_default_scope_audits_only_the_private_registry(generated):
     blob, index = _storage_scan.scan_storage(generated["path"])
     assert blob["registries"] == sorted(generated["registries"])
@@ -79,7 +108,8 @@ def test_each_link_read_and_each_blob_stated_once(generated, monkeypatch):
     monkeypatch.setattr(_blob_scan, "read_link_at", counting_read)
     monkeypatch.setattr(_repository, "read_link_at", counting_read)
     monkeypatch.setattr(_storage.BlobStore, "_stat", counting_stat)
-    _storage_scan.scan_storage(generated["path"], index_registries=generated["registries"])
+    # One process, so the counting wrappers see every call (each registry is one process's anyway).
+    _storage_scan.scan_storage(generated["path"], index_registries=generated["registries"], processes=1)
     assert len(reads) > 1000 and len(stats) > 500
     assert max(reads.values()) == 1, reads.most_common(3)
     assert max(stats.values()) == 1, stats.most_common(3)
