@@ -32,14 +32,15 @@ def map_registries(function, registries, processes=None):
     exception raised for a registry is raised here.
     """
     count = min(processes or default_processes(), len(registries))
+    pool = None
     if count > 1:
         try:
-            context = multiprocessing.get_context("fork")
-        except ValueError:
-            count = 1
-    if count <= 1:
+            pool = multiprocessing.get_context("fork").Pool(count, maxtasksperchild=1)
+        except (ValueError, OSError):
+            pool = None  # no fork, or no semaphores (a container without /dev/shm): one at a time
+    if pool is None:
         return [function(name, v2_root) for name, v2_root in registries]
-    with context.Pool(count, maxtasksperchild=1) as pool:
+    with pool:
         return pool.starmap(function, registries, chunksize=1)
 
 
