@@ -70,8 +70,7 @@ ensure_dockerd() {
     nohup /usr/sbin/dockerd >/var/log/regwarden-dockerd.log 2>&1 &
     echo $! >"$DOCKERD_PIDFILE"
   fi
-  local i
-  for i in $(seq 1 60); do
+  for _ in $(seq 1 60); do
     "$DOCKER" info >/dev/null 2>&1 && return 0
     sleep 1
   done
@@ -86,8 +85,7 @@ stop_own_dockerd() {
   if kill -0 "$pid" 2>/dev/null; then
     log "stopping dockerd (pid $pid)"
     kill "$pid"
-    local i
-    for i in $(seq 1 30); do
+    for _ in $(seq 1 30); do
       kill -0 "$pid" 2>/dev/null || break
       sleep 1
     done

@@ -2,8 +2,8 @@
 # The project's whole test suite, as CI runs it (CI=true, no stdin) and as the README documents:
 #   lint (ruff; ansible-lint, changelog, docs and ansible-test sanity per claimed ansible-core) ->
 #   unit and integration tests (pytest, real docker-registry) -> the same on the oldest and the
-#   newest claimed ansible-core -> local images -> Molecule scenario `default` (the role in a
-#   systemd "VM" with Docker inside).
+#   newest claimed ansible-core -> local images -> Molecule scenario `default` (the role, from the
+#   built and installed Galaxy tarball, in a systemd "VM" with Docker inside).
 # Installs what is missing (apt packages, venv) and starts dockerd when none answers; a dockerd it
 # started is stopped again at exit. Stops at the first failing stage with a non-zero exit code.
 # Usage: scripts/test.sh
@@ -56,7 +56,20 @@ stage "module tests on the oldest and the newest ansible-core (scripts/test-matr
 stage "local images: scripts/build-images.sh"
 "$REPO_ROOT/scripts/build-images.sh"
 
-stage "molecule test -s default"
+stage "Galaxy artifact for Molecule: ansible-galaxy collection build + install"
+# The scenario converges the role from the installed tarball, not from the working tree.
+artifact_root="$REPO_ROOT/.cache/molecule-artifact"
+rm -rf "$artifact_root"
+mkdir -p "$artifact_root/build"
+ansible-galaxy collection build --output-path "$artifact_root/build" "$REPO_ROOT" >/dev/null
+printf '[defaults]\n' >"$artifact_root/ansible.cfg"
+ANSIBLE_CONFIG="$artifact_root/ansible.cfg" ansible-galaxy collection install \
+  "$artifact_root"/build/*.tar.gz -p "$artifact_root/.collections" >/dev/null
+[ -f "$artifact_root/.collections/ansible_collections/regwarden/registry/MANIFEST.json" ] ||
+  die "the built collection did not install under $artifact_root/.collections"
+export REGWARDEN_COLLECTIONS_ROOT="$artifact_root"
+
+stage "molecule test -s default (the role from the installed artifact)"
 molecule test -s default
 
 stage_name=""
