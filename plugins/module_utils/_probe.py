@@ -70,6 +70,10 @@ class ProbeError(Exception):
     """The probe could not run (unreachable URL, bad options): a plain message for the operator."""
 
 
+class _Skipped(Exception):
+    """A pool call not made because an earlier one failed (never reaches the caller)."""
+
+
 class AuthError(ProbeError):
     """The registry or its token server refused the credentials."""
 
@@ -648,9 +652,34 @@ class RegistryProbe:
 
     @staticmethod
     def _map(func, items, pool):
-        """``func`` over ``items`` in the pool, results in order. The first error propagates
-        and ``Executor.map`` cancels the calls not yet started."""
-        return list(pool.map(func, items))
+        """``func`` over ``items`` in the pool, results in order. The first error propagates, and
+        once a call has failed no further call does any work (an auth refusal stops the walk
+        at once, however far the workers had run ahead of the results read so far)."""
+        failed = threading.Event()
+
+        def guarded(item):
+            if failed.is_set():
+                raise _Skipped()
+            try:
+                return func(item)
+            except BaseException:
+                failed.set()
+                raise
+
+        futures = [pool.submit(guarded, item) for item in items]
+        try:
+            return [future.result() for future in futures]
+        except _Skipped:
+            # A worker may dequeue a call, lose the CPU and start it after a later call failed:
+            # the failure that set the flag is then further on. Skipped calls end at once.
+            for future in futures:
+                error = future.exception()
+                if error is not None and not isinstance(error, _Skipped):
+                    raise error from None
+            raise
+        finally:
+            for future in futures:
+                future.cancel()
 
     def _finding(self, repo, tag, digest, kind, fetch, reason, **extra):
         status = fetch.status if fetch and fetch.status is not None else (fetch.error if fetch else None)
