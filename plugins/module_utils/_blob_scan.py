@@ -13,7 +13,7 @@ import stat
 from ansible_collections.regwarden.registry.plugins.module_utils._parallel import map_registries, merge_results
 from ansible_collections.regwarden.registry.plugins.module_utils._repository import (
     LINK_OK_STATE,
-    iter_repository_links,
+    walk_registry,
 )
 from ansible_collections.regwarden.registry.plugins.module_utils._storage import (
     BLOB_GONE_STATES,
@@ -22,7 +22,6 @@ from ansible_collections.regwarden.registry.plugins.module_utils._storage import
     EMPTY_SHA256,
     LINK_INVALID,
     LINK_MISSING,
-    ScanErrors,
     classify_link_content,
     close_fd,
     digest_of,
@@ -30,7 +29,6 @@ from ansible_collections.regwarden.registry.plugins.module_utils._storage import
     iter_link_dirs,
     open_subdir,
     read_link_at,
-    registry_storage,
     remove_link_dir_at,
     select_registries,
 )
@@ -73,12 +71,8 @@ def scan_blobs(path, registries=None, remove_orphans=False, verify_digests=False
 def _scan_registry(name, v2_root, remove_orphans=False, verify_digests=False, check_mode=False):
     """One registry's blob scan, as a result of its own (merged by the caller)."""
     result = new_result()
-    errors = ScanErrors(name)
-    with registry_storage(name, v2_root, errors) as (v2_fd, blobs):
-        scanner = BlobScanner(name, blobs, errors, result, remove_orphans, check_mode)
-        for repo_name, repo in iter_repository_links(v2_fd, v2_root, errors):
-            scanner.scan_repository(repo_name, repo)
-        scanner.finish(verify_digests)
+    walk_registry(name, v2_root, lambda blobs, errors: [
+        BlobScanner(name, blobs, errors, result, remove_orphans, verify_digests, check_mode)])
     return result
 
 
@@ -108,12 +102,13 @@ class BlobScanner:
     index audit of the same repository in the same walk reads none of them again.
     """
 
-    def __init__(self, name, blobs, errors, result, remove_orphans=False, check_mode=False):
+    def __init__(self, name, blobs, errors, result, remove_orphans=False, verify_digests=False, check_mode=False):
         self.name = name
         self.blobs = blobs
         self.errors = errors
         self.result = result
         self.remove_orphans = remove_orphans
+        self.verify_digests = verify_digests
         self.check_mode = check_mode
         self.counts = {
             "repositories": 0,
@@ -129,7 +124,7 @@ class BlobScanner:
         }
         self.zero_byte = {}
 
-    def scan_repository(self, repo_name, repo):
+    def add_repository(self, repo_name, repo):
         self.counts["repositories"] += 1
         for kind, parts in LINK_KINDS:
             states = {}
@@ -144,7 +139,7 @@ class BlobScanner:
             else:
                 repo.record_revisions(states)
 
-    def finish(self, verify_digests=False):
+    def finish(self):
         """Add this registry's zero-byte blobs, digest scrub, summary and scan errors to the result."""
         name, blobs, result, counts = self.name, self.blobs, self.result, self.counts
         for hex_digest in sorted(self.zero_byte):
@@ -155,7 +150,7 @@ class BlobScanner:
                 "repos": sorted(self.zero_byte[hex_digest]),
             })
         counts["zero_byte_blobs"] = len(self.zero_byte)
-        if verify_digests:
+        if self.verify_digests:
             counts["corrupt_blobs"] = _verify_digests(name, blobs, result, self.errors)
         counts["blobs_checked"] = blobs.checked_count()
         result["summary"][name] = counts

@@ -19,7 +19,7 @@ from ansible_collections.regwarden.registry.plugins.module_utils._manifest impor
 from ansible_collections.regwarden.registry.plugins.module_utils._parallel import map_registries, merge_results
 from ansible_collections.regwarden.registry.plugins.module_utils._repository import (
     ManifestCache,
-    iter_repository_links,
+    walk_registry,
 )
 from ansible_collections.regwarden.registry.plugins.module_utils._storage import (
     BLOB_UNREADABLE,
@@ -29,9 +29,7 @@ from ansible_collections.regwarden.registry.plugins.module_utils._storage import
     LINK_INVALID,
     LINK_MISSING,
     LINK_OK,
-    ScanErrors,
     digest_of,
-    registry_storage,
     select_registries,
 )
 
@@ -57,12 +55,7 @@ def audit_indexes(path, registries=DEFAULT_REGISTRIES, repair=False, check_mode=
 def _audit_registry(name, v2_root, mode="report"):
     """One registry's audit, as a result of its own (merged by the caller)."""
     result = new_result()
-    errors = ScanErrors(name)
-    with registry_storage(name, v2_root, errors) as (v2_fd, blobs):
-        auditor = IndexAuditor(name, blobs, errors, result, mode)
-        for repo_name, repo in iter_repository_links(v2_fd, v2_root, errors):
-            auditor.audit_repository(repo_name, repo)
-        auditor.finish()
+    walk_registry(name, v2_root, lambda blobs, errors: [IndexAuditor(name, blobs, errors, result, mode)])
     return result
 
 
@@ -168,7 +161,7 @@ class IndexAuditor:
             "invalid_manifests": 0,
         }
 
-    def audit_repository(self, repo_name, repo):
+    def add_repository(self, repo_name, repo):
         self.counts["repositories"] += 1
         _audit_repository(self.name, repo_name, repo, self.cache, self.blobs, self.result, self.counts,
                           self.errors, self.mode, self.platforms)

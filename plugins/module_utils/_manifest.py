@@ -3,7 +3,6 @@
 """Manifest parsing the way distribution 2.8's manifest store dispatches on media type."""
 
 import json
-import re
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -16,9 +15,6 @@ IMAGE_TYPES = frozenset((OCI_MANIFEST, DOCKER_MANIFEST))
 ATTESTATION_ANNOTATION = "vnd.docker.reference.type"
 # distribution v3 refuses manifests over 4 MiB; nothing legitimate comes near it.
 MANIFEST_MAX_BYTES = 4 * 1024 * 1024
-
-_DIGEST = re.compile(r"sha256:([0-9a-f]{64})\Z")
-
 
 class InvalidManifest(Exception):
     """Manifest content a 2.8 registry could not serve; the message says why."""

@@ -20,12 +20,14 @@ from ansible_collections.regwarden.registry.plugins.module_utils._storage import
     LINK_MISSING,
     LINK_OK,
     BlobTooLarge,
+    ScanErrors,
     close_fd,
     is_hex_digest,
     iter_link_dirs,
     iter_repositories,
     open_subdir,
     read_link_at,
+    registry_storage,
 )
 
 # A tag's current link: state/target/reason as read_link_at gives them, the link's path and
@@ -199,6 +201,23 @@ class RepositoryLinks:
         finally:
             close_fd(dir_fd)
         return tags
+
+
+def walk_registry(name, v2_root, make_scanners):
+    """Walk one registry once for every scanner that ``make_scanners(blobs, errors)`` returns.
+
+    A scanner has ``add_repository(repo_name, repo)``, called in list order for each
+    repository (so a blob scan placed first hands the links it read to an audit after it),
+    and ``finish()``, called once the last repository is done.
+    """
+    errors = ScanErrors(name)
+    with registry_storage(name, v2_root, errors) as (v2_fd, blobs):
+        scanners = make_scanners(blobs, errors)
+        for repo_name, repo in iter_repository_links(v2_fd, v2_root, errors):
+            for scanner in scanners:
+                scanner.add_repository(repo_name, repo)
+        for scanner in scanners:
+            scanner.finish()
 
 
 def iter_repository_links(v2_fd, v2_root, errors):

@@ -10,12 +10,8 @@ import functools
 
 from ansible_collections.regwarden.registry.plugins.module_utils import _blob_scan, _index_audit
 from ansible_collections.regwarden.registry.plugins.module_utils._parallel import map_registries, merge_results
-from ansible_collections.regwarden.registry.plugins.module_utils._repository import iter_repository_links
-from ansible_collections.regwarden.registry.plugins.module_utils._storage import (
-    ScanErrors,
-    registry_storage,
-    select_registries,
-)
+from ansible_collections.regwarden.registry.plugins.module_utils._repository import walk_registry
+from ansible_collections.regwarden.registry.plugins.module_utils._storage import select_registries
 
 
 def scan_storage(path, blob_registries=None, index_registries=_index_audit.DEFAULT_REGISTRIES,
@@ -44,18 +40,15 @@ def scan_storage(path, blob_registries=None, index_registries=_index_audit.DEFAU
 def _scan_registry(name, v2_root, blob_names, index_names, verify_digests=False):
     blob_result = _blob_scan.new_result()
     index_result = _index_audit.new_result()
-    errors = ScanErrors(name)
-    with registry_storage(name, v2_root, errors) as (v2_fd, blobs):
-        scanner = _blob_scan.BlobScanner(name, blobs, errors, blob_result) if name in blob_names else None
-        auditor = _index_audit.IndexAuditor(name, blobs, errors, index_result) if name in index_names else None
-        for repo_name, repo in iter_repository_links(v2_fd, v2_root, errors):
-            # The blob scan first: it hands every link it reads to the repository for the audit.
-            if scanner is not None:
-                scanner.scan_repository(repo_name, repo)
-            if auditor is not None:
-                auditor.audit_repository(repo_name, repo)
-        if scanner is not None:
-            scanner.finish(verify_digests)
-        if auditor is not None:
-            auditor.finish()
+
+    def scanners(blobs, errors):
+        # The blob scan first: it hands every link it reads to the repository for the audit.
+        made = []
+        if name in blob_names:
+            made.append(_blob_scan.BlobScanner(name, blobs, errors, blob_result, verify_digests=verify_digests))
+        if name in index_names:
+            made.append(_index_audit.IndexAuditor(name, blobs, errors, index_result))
+        return made
+
+    walk_registry(name, v2_root, scanners)
     return blob_result, index_result
