@@ -16,6 +16,7 @@ ATTESTATION_ANNOTATION = "vnd.docker.reference.type"
 # distribution v3 refuses manifests over 4 MiB; nothing legitimate comes near it.
 MANIFEST_MAX_BYTES = 4 * 1024 * 1024
 
+
 class InvalidManifest(Exception):
     """Manifest content a 2.8 registry could not serve; the message says why."""
 
