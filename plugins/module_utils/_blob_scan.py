@@ -5,12 +5,10 @@
 Used by the registry_blob_scan module and by the scanner CLI on the registry VM.
 """
 
-import functools
 import hashlib
 import os
-import stat
 
-from ansible_collections.regwarden.registry.plugins.module_utils._parallel import map_registries, merge_results
+from ansible_collections.regwarden.registry.plugins.module_utils import _driver
 from ansible_collections.regwarden.registry.plugins.module_utils._repository import (
     LINK_OK_STATE,
     walk_registry,
@@ -22,22 +20,22 @@ from ansible_collections.regwarden.registry.plugins.module_utils._storage import
     EMPTY_SHA256,
     LINK_INVALID,
     LINK_MISSING,
-    classify_link_content,
+    LINK_UNREADABLE,
+    NotRegularFile,
     close_fd,
     digest_of,
     is_hex_digest,
     iter_link_dirs,
-    open_subdir,
-    read_link_at,
-    remove_link_dir_at,
-    select_registries,
+    open_subdir_checked,
 )
+from ansible_collections.regwarden.registry.plugins.module_utils._writer import Changed, WriteRefused
 
 # (kind, path of the link directories inside a repository)
 LINK_KINDS = (
     ("layer", ("_layers", "sha256")),
     ("revision", ("_manifests", "revisions", "sha256")),
 )
+FINDING_KEYS = ("orphan_layer_links", "invalid_link_files", "zero_byte_blobs", "corrupt_blobs")
 HASH_CHUNK = 1 << 20
 
 
@@ -49,34 +47,38 @@ def new_result():
         "corrupt_blobs": [],
         "removed_links": [],
         "scan_errors": [],
+        "incomplete_registries": [],
         "summary": {},
         "registries": [],
     }
 
 
 def scan_blobs(path, registries=None, remove_orphans=False, verify_digests=False, check_mode=False,
-               processes=None):
+               processes=None, allow_incomplete=False, max_findings=_driver.DEFAULT_MAX_FINDINGS):
     """Scan the registries under ``path``; see the registry_blob_scan module for the result.
 
     ``processes``: registries scanned at once (default: the usable CPUs, see _parallel).
+    ``allow_incomplete`` False: IncompleteScan when a registry could not be scanned whole.
     """
-    scan = functools.partial(_scan_registry, remove_orphans=remove_orphans, verify_digests=verify_digests,
-                             check_mode=check_mode)
-    result = new_result()
-    for part in map_registries(scan, select_registries(path, registries), processes):
-        merge_results(result, part)
-    return finish_result(result, check_mode)
+    mode = _driver.mode_of(remove_orphans, check_mode)
+
+    def work(name, v2_root, _active):
+        return [scan_registry(name, v2_root, mode, verify_digests)]
+
+    return _driver.run_analyses(path, [(analysis(mode), registries)], work, processes, allow_incomplete,
+                                max_findings)[0]
 
 
-def _scan_registry(name, v2_root, remove_orphans=False, verify_digests=False, check_mode=False):
+def scan_registry(name, v2_root, mode=_driver.REPORT, verify_digests=False):
     """One registry's blob scan, as a result of its own (merged by the caller)."""
     result = new_result()
-    walk_registry(name, v2_root, lambda blobs, errors: [
-        BlobScanner(name, blobs, errors, result, remove_orphans, verify_digests, check_mode)])
+    with _driver.registry_writer(mode, name, v2_root) as writer:
+        walk_registry(name, v2_root, lambda blobs, errors: [
+            BlobScanner(name, blobs, errors, result, writer, verify_digests)])
     return result
 
 
-def finish_result(result, check_mode=False):
+def finish_result(result, mode=_driver.REPORT):
     """Sort the findings of every registry scanned into ``result``; set changed/restart_required."""
     result["registries"].sort()
     result["orphan_layer_links"].sort(key=lambda f: (f["registry"], f["repo"], f["digest"]))
@@ -86,30 +88,36 @@ def finish_result(result, check_mode=False):
     result["removed_links"].sort()
     result["scan_errors"].sort(key=lambda f: (f["registry"], f["path"], f["error"]))
     result["changed"] = bool(result["removed_links"])
-    result["restart_required"] = bool(result["removed_links"]) and not check_mode
+    # A check-mode run removes nothing: only what was really removed asks for a restart.
+    result["restart_required"] = bool(result["removed_links"]) and mode == _driver.APPLY
     return result
 
 
-def count_findings(result):
-    return sum(len(result[key]) for key in ("orphan_layer_links", "invalid_link_files", "zero_byte_blobs",
-                                            "corrupt_blobs"))
+def analysis(mode=_driver.REPORT):
+    return _driver.Analysis("blob_scan", new_result, lambda result: finish_result(result, mode))
+
+
+def count_findings(result, include_errors=True):
+    """Findings and (``include_errors``) places that could not be read: true counts, whatever the cap."""
+    keys = (*FINDING_KEYS, "scan_errors") if include_errors else FINDING_KEYS
+    return sum(_driver.total(result, key) for key in keys)
 
 
 class BlobScanner:
     """The blob scan of one registry, fed one repository at a time.
 
     Every link it reads is handed to the repository object (RepositoryLinks.record_*), so an
-    index audit of the same repository in the same walk reads none of them again.
+    index audit of the same repository in the same walk reads none of them again. ``writer``
+    (given only when orphan removal was asked for) removes orphan layer links.
     """
 
-    def __init__(self, name, blobs, errors, result, remove_orphans=False, verify_digests=False, check_mode=False):
+    def __init__(self, name, blobs, errors, result, writer=None, verify_digests=False):
         self.name = name
         self.blobs = blobs
         self.errors = errors
         self.result = result
-        self.remove_orphans = remove_orphans
+        self.writer = writer
         self.verify_digests = verify_digests
-        self.check_mode = check_mode
         self.counts = {
             "repositories": 0,
             "layer_links": 0,
@@ -128,16 +136,17 @@ class BlobScanner:
         self.counts["repositories"] += 1
         for kind, parts in LINK_KINDS:
             states = {}
-            links_fd = open_subdir(repo.fd, parts, repo.path, self.errors)
+            links_fd, refused = open_subdir_checked(repo.fd, parts, repo.path, self.errors)
             if links_fd is not None:
                 try:
-                    self._scan_link_kind(repo_name, os.path.join(repo.path, *parts), links_fd, kind, states)
+                    refused = not self._scan_link_kind(repo_name, repo, os.path.join(repo.path, *parts), links_fd,
+                                                       kind, states)
                 finally:
                     close_fd(links_fd)
             if kind == "layer":
-                repo.record_layer_links(states)
+                repo.record_layer_links(states, unreadable=refused)
             else:
-                repo.record_revisions(states)
+                repo.record_revisions(states, unreadable=refused)
 
     def finish(self):
         """Add this registry's zero-byte blobs, digest scrub, summary and scan errors to the result."""
@@ -150,17 +159,25 @@ class BlobScanner:
                 "repos": sorted(self.zero_byte[hex_digest]),
             })
         counts["zero_byte_blobs"] = len(self.zero_byte)
-        if self.verify_digests:
+        if self.verify_digests and blobs is not None:
             counts["corrupt_blobs"] = _verify_digests(name, blobs, result, self.errors)
-        counts["blobs_checked"] = blobs.checked_count()
+        counts["blobs_checked"] = blobs.checked_count() if blobs is not None else 0
         result["summary"][name] = counts
         result["registries"].append(name)
         result["scan_errors"].extend(self.errors.items)
+        if self.errors.incomplete:
+            result["incomplete_registries"].append(name)
 
-    def _scan_link_kind(self, repo, links_dir, dir_fd, kind, states):
-        name, blobs, result, counts, errors = self.name, self.blobs, self.result, self.counts, self.errors
+    def _scan_link_kind(self, repo, repo_links, links_dir, dir_fd, kind, states):
+        """Judge every link of one kind; False when the directory could not be listed to the end."""
+        try:
+            entries = list(iter_link_dirs(dir_fd))
+        except OSError as exc:
+            self.errors.add(links_dir, "cannot list directory: %s; its links not judged" % (exc.strerror or exc))
+            return False
+        name, blobs, result, counts = self.name, self.blobs, self.result, self.counts
         link_count = 0
-        for entry, is_dir, is_link in iter_link_dirs(dir_fd):
+        for entry, is_dir, is_link in entries:
             if is_link or not is_dir:
                 _invalid(result, counts, name, repo, kind, None, os.path.join(links_dir, entry),
                          "symlink, not followed" if is_link else "not a directory")
@@ -169,9 +186,12 @@ class BlobScanner:
                 _invalid(result, counts, name, repo, kind, None, os.path.join(links_dir, entry),
                          "directory name is not a sha256 digest")
                 continue
-            state, _target, reason = read_link_at(dir_fd, entry + "/link", entry)
+            state, reason = repo_links.read_link(dir_fd, links_dir, entry, entry)
             if state == LINK_MISSING:
                 counts["empty_link_dirs"] += 1
+                continue
+            if state == LINK_UNREADABLE:
+                states[entry] = (state, reason)  # reported as a scan error by read_link: not judged
                 continue
             if state == LINK_INVALID:
                 states[entry] = (state, reason)
@@ -183,7 +203,7 @@ class BlobScanner:
             if data_state == DATA_EMPTY and entry != EMPTY_SHA256:
                 self.zero_byte.setdefault(entry, set()).add(repo)
             elif data_state == BLOB_UNREADABLE:
-                errors.add(blobs.data_path(entry), "blob data unreadable; link not judged")
+                pass  # the blob store reported why: the link is not judged
             elif data_state in BLOB_GONE_STATES and kind == "layer":
                 link_path = os.path.join(links_dir, entry, "link")
                 counts["orphan_layer_links"] += 1
@@ -195,10 +215,37 @@ class BlobScanner:
                     "blob_path": blobs.data_path(entry),
                     "reason": blobs.reason(entry),
                 })
-                if self.remove_orphans and _remove_orphan(dir_fd, entry, link_path, blobs, result, counts,
-                                                          errors, self.check_mode) and not self.check_mode:
+                if self.writer is not None and self._remove_orphan(dir_fd, entry, link_path) and self.writer.apply:
                     del states[entry]
         counts[kind + "_links"] += link_count
+        return True
+
+    def _remove_orphan(self, dir_fd, hex_digest, link_path):
+        """Remove one orphan layer link through the writer, after checking again that it is still an orphan.
+
+        True if it was (or, in check mode, would be) removed. Only the link file and its (then
+        empty) digest directory go; blob data is never touched.
+        """
+        blobs = self.blobs
+
+        def still_wanted():
+            if blobs.fresh_data_state(hex_digest) not in BLOB_GONE_STATES:
+                return "the blob data of %s is back: the link stays" % link_path
+            return None
+
+        try:
+            self.writer.remove_link(dir_fd, hex_digest, link_path, still_wanted)
+        except Changed:
+            return False  # repaired or changed since the scan: leave it
+        except WriteRefused as exc:
+            self.errors.add(link_path, "orphan link not removed: %s" % exc)
+            return False
+        except OSError as exc:
+            self.errors.add(link_path, "cannot remove orphan link: %s" % (exc.strerror or exc))
+            return False
+        self.counts["removed_links"] += 1
+        self.result["removed_links"].append(link_path)
+        return True
 
 
 def _invalid(result, counts, name, repo, kind, hex_digest, path, reason):
@@ -213,37 +260,6 @@ def _invalid(result, counts, name, repo, kind, hex_digest, path, reason):
     })
 
 
-def _remove_orphan(dir_fd, hex_digest, link_path, blobs, result, counts, errors, check_mode):
-    """Remove one orphan layer link after checking again that it is still an orphan; True if (would be) removed.
-
-    Only the link file and its (then empty) digest directory go; blob data is never touched.
-    Everything is relative to the already-open _layers/sha256 descriptor, so a symlink
-    swapped in meanwhile cannot redirect the removal outside the tree.
-    """
-    try:
-        st = os.stat(hex_digest, dir_fd=dir_fd, follow_symlinks=False)
-        if not stat.S_ISDIR(st.st_mode):
-            return False
-        link_fd = os.open(hex_digest + "/link", os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
-        try:
-            content = os.read(link_fd, 256)
-        finally:
-            os.close(link_fd)
-        state, _target, _reason = classify_link_content(content, hex_digest)
-        if state != "present" or blobs.fresh_data_state(hex_digest) not in BLOB_GONE_STATES:
-            return False  # repaired or changed since the scan: leave it
-        if not check_mode and not remove_link_dir_at(dir_fd, hex_digest):
-            return False
-    except (FileNotFoundError, NotADirectoryError):
-        return False  # vanished meanwhile: nothing to remove
-    except OSError as exc:
-        errors.add(link_path, "cannot remove orphan link: %s" % (exc.strerror or exc))
-        return False
-    counts["removed_links"] += 1
-    result["removed_links"].append(link_path)
-    return True
-
-
 def _verify_digests(name, blobs, result, errors):
     """Hash every blob's data against its name; returns the number of corrupt blobs."""
     corrupt = 0
@@ -253,13 +269,12 @@ def _verify_digests(name, blobs, result, errors):
             continue
         data_path = blobs.data_path(hex_digest)
         if data_state == BLOB_UNREADABLE:
-            errors.add(data_path, "blob data unreadable")
-            continue
+            continue  # the blob store reported why
         try:
             actual = _sha256_file(blobs, hex_digest)
         except FileNotFoundError:
             continue
-        except OSError as exc:
+        except (NotRegularFile, OSError) as exc:
             errors.add(data_path, "cannot read blob data: %s" % (exc.strerror or exc))
             continue
         if actual != hex_digest:

@@ -9,8 +9,9 @@
     tag-cleanup  registry_tag_cleanup (run it with the registry read-only, then GC and restart)
     probe        registry_probe over HTTP(S); --prom textfile with the last success time
 
-Exit status: 0 clean / done, 1 findings present, 2 could not run (bad input, unreachable,
-authentication failed).
+Exit status: 0 clean / done, 1 findings present, 2 could not run or could not read everything
+(bad input, a registry missing or unreadable, unreachable, authentication failed, any error at
+all: the report and the metrics then say so). The units accept only 0 and 1 as success.
 """
 
 import argparse
@@ -19,21 +20,19 @@ import os
 import sys
 import tempfile
 import time
-
-from ansible_collections.regwarden.registry.plugins.module_utils import (
-    _blob_scan,
-    _index_audit,
-    _probe,
-    _tag_cleanup,
-)
-from ansible_collections.regwarden.registry.plugins.module_utils._storage import ScanError, find_registries
-from ansible_collections.regwarden.registry.plugins.module_utils._storage_scan import scan_storage
+import traceback
 
 EXIT_CLEAN = 0
 EXIT_FINDINGS = 1
 EXIT_ERROR = 2
 
 BLOB_KINDS = ("orphan_layer_links", "invalid_link_files", "zero_byte_blobs", "corrupt_blobs")
+INDEX_KINDS = ("orphan_index_children", "broken_tags", "unservable_blobs", "invalid_manifests")
+DEFAULT_MAX_FINDINGS = 10000
+
+
+class CommandError(Exception):
+    """Bad input to a command: a plain message, exit 2."""
 
 
 def _names(value):
@@ -52,8 +51,12 @@ def parse_args(argv):
     scan.add_argument("--path", default="/opt/registry/data", help="directory holding one directory per registry")
     scan.add_argument("--registries", help="comma-separated registries for the blob scan (default: all)")
     scan.add_argument("--index-registries", default="private",
-                      help="comma-separated registries for the index audit (default: private; "
-                           "registries not present under --path are skipped)")
+                      help="comma-separated registries for the index audit (default: private); each must exist")
+    scan.add_argument("--expect-registries",
+                      help="comma-separated registries that must be there and be scanned whole (the role passes "
+                           "every registry it runs); a missing or unreadable one is an error (exit 2)")
+    scan.add_argument("--max-findings", type=int, default=DEFAULT_MAX_FINDINGS,
+                      help="entries kept per findings list in the report (the true counts are in 'totals')")
     scan.add_argument("--verify-digests", action="store_true", help="hash every blob (expensive)")
     scan.add_argument("--report", help="write the JSON report here (atomically)")
     scan.add_argument("--prom", help="write Prometheus textfile metrics here (atomically)")
@@ -67,6 +70,8 @@ def parse_args(argv):
     cleanup.add_argument("--rules", help="JSON list of per-repository rules {repository, keep, include, exclude}")
     cleanup.add_argument("--delete-untagged", action="store_true",
                          help="also unlink manifests no remaining tag reaches (never children of kept indexes)")
+    cleanup.add_argument("--grace-period", type=int, default=3600,
+                         help="seconds: tags, revisions and links written this recently are never removed")
     cleanup.add_argument("--report", help="write the JSON report here (atomically)")
 
     probe = commands.add_parser("probe", help="walk a registry over HTTP(S) the way a client pulls")
@@ -76,7 +81,7 @@ def parse_args(argv):
     probe.add_argument("--ca-path", help="CA bundle that signs the registry's certificate")
     probe.add_argument("--insecure", action="store_true", help="do not validate the TLS certificate")
     probe.add_argument("--timeout", type=float, default=30.0)
-    probe.add_argument("--concurrency", type=int, default=_probe.DEFAULT_CONCURRENCY)
+    probe.add_argument("--concurrency", type=int, help="requests in flight at once (default 4)")
     probe.add_argument("--verify-blobs", action="store_true", help="GET every blob and check size and sha256")
     probe.add_argument("--repositories", help="comma-separated repositories (default: the catalog)")
     probe.add_argument("--tags", help="comma-separated tag globs (default: all tags)")
@@ -86,18 +91,34 @@ def parse_args(argv):
 
 
 def run_scan(args):
-    present = {name for name, _v2_root in find_registries(args.path)}
-    wanted = _names(args.index_registries) or []
-    blob, index = scan_storage(args.path, blob_registries=_names(args.registries),
-                               index_registries=[name for name in wanted if name in present],
-                               verify_digests=args.verify_digests)
+    from ansible_collections.regwarden.registry.plugins.module_utils import _blob_scan, _index_audit
+    from ansible_collections.regwarden.registry.plugins.module_utils._storage import find_registries
+    from ansible_collections.regwarden.registry.plugins.module_utils._storage_scan import scan_storage
+
+    expected = _names(args.expect_registries) or []
+    blob_registries = _names(args.registries)
+    if blob_registries is None and expected:
+        # Every registry there, and the expected ones whether there or not (missing is an error).
+        blob_registries = sorted({name for name, _v2_root in find_registries(args.path)} | set(expected))
+    blob, index = scan_storage(args.path, blob_registries=blob_registries,
+                               index_registries=_names(args.index_registries) or [],
+                               verify_digests=args.verify_digests, allow_incomplete=True,
+                               max_findings=args.max_findings)
     return {
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "path": os.path.abspath(args.path),
-        "findings": _blob_scan.count_findings(blob) + _index_audit.count_findings(index),
+        "findings": _blob_scan.count_findings(blob, include_errors=False)
+        + _index_audit.count_findings(index, include_errors=False),
+        "scan_errors": sorted({_error_key(e): e for e in blob["scan_errors"] + index["scan_errors"]}.values(),
+                              key=_error_key),
+        "incomplete_registries": sorted(set(blob["incomplete_registries"]) | set(index["incomplete_registries"])),
         "blob_scan": blob,
         "index_audit": index,
     }
+
+
+def _error_key(error):
+    return error["registry"], error["path"], error["error"]
 
 
 def _escape_label(value):
@@ -105,23 +126,44 @@ def _escape_label(value):
 
 
 def render_scan_prom(report, success, now):
-    """Prometheus text exposition: per-registry finding counts by kind, last run time, success."""
+    """Prometheus text exposition: finding counts by registry and kind, scan errors and whether each
+    registry was scanned whole, last run time, success."""
     lines = [
         "# HELP regwarden_scan_findings Storage findings of the last scan, by registry and kind.",
         "# TYPE regwarden_scan_findings gauge",
     ]
+    registries = set()
     if report is not None:
-        sections = ((report["blob_scan"], BLOB_KINDS), (report["index_audit"], _index_audit.FINDING_KEYS))
+        sections = ((report["blob_scan"], BLOB_KINDS), (report["index_audit"], INDEX_KINDS))
         for section, kinds in sections:
             for registry in sorted(section["summary"]):
+                registries.add(registry)
                 for kind in kinds:
                     lines.append('regwarden_scan_findings{registry="%s",kind="%s"} %d'
                                  % (_escape_label(registry), kind, section["summary"][registry][kind]))
+        registries.update(name for name in report["incomplete_registries"] if name)
+        errors = {}
+        for error in report["scan_errors"]:
+            if error["registry"]:
+                errors[error["registry"]] = errors.get(error["registry"], 0) + 1
+        lines += [
+            "# HELP regwarden_scan_errors Places the last scan could not read, by registry (not judged).",
+            "# TYPE regwarden_scan_errors gauge",
+        ]
+        lines += ['regwarden_scan_errors{registry="%s"} %d' % (_escape_label(name), errors.get(name, 0))
+                  for name in sorted(registries | set(errors))]
+        lines += [
+            "# HELP regwarden_scan_registry_scanned 1 if the last scan read the registry whole, 0 if it could not.",
+            "# TYPE regwarden_scan_registry_scanned gauge",
+        ]
+        incomplete = set(report["incomplete_registries"])
+        lines += ['regwarden_scan_registry_scanned{registry="%s"} %d'
+                  % (_escape_label(name), 0 if name in incomplete else 1) for name in sorted(registries)]
     lines += [
         "# HELP regwarden_scan_last_run_timestamp_seconds When the last scan finished.",
         "# TYPE regwarden_scan_last_run_timestamp_seconds gauge",
         "regwarden_scan_last_run_timestamp_seconds %d" % now,
-        "# HELP regwarden_scan_success 1 if the last scan ran to the end, 0 if it could not run.",
+        "# HELP regwarden_scan_success 1 if the last scan read everything it should, 0 if not (see the report).",
         "# TYPE regwarden_scan_success gauge",
         "regwarden_scan_success %d" % (1 if success else 0),
     ]
@@ -154,17 +196,28 @@ def _say(stream, line):
     stream.flush()
 
 
+def _scan_complete(report):
+    return not report["scan_errors"] and not report["incomplete_registries"]
+
+
 def command_scan(args):
     report = None
     error = None
     try:
         report = run_scan(args)
-    except ScanError as exc:
+        if not _scan_complete(report):
+            error = "could not read everything (%d scan errors%s); see scan_errors in the report" % (
+                len(report["scan_errors"]),
+                ", incomplete: " + ", ".join(name or "(none found)" for name in report["incomplete_registries"])
+                if report["incomplete_registries"] else "")
+    except CommandError as exc:
         error = str(exc)
-    _write_report(args.report, report if report is not None else {"error": error})
+    except _scan_error_types() as exc:
+        error = str(exc)
+    _write_report(args.report, report if report is not None else {"error": error, "generated_at": _now_text()})
     if args.prom:
-        write_atomically(args.prom, render_scan_prom(report, report is not None, int(time.time())))
-    if report is None:
+        write_atomically(args.prom, render_scan_prom(report, error is None, int(time.time())))
+    if error is not None:
         _say(sys.stderr, "regwarden scan: %s" % error)
         return EXIT_ERROR
     summary = {"blob_scan": report["blob_scan"]["summary"], "index_audit": report["index_audit"]["summary"]}
@@ -172,21 +225,39 @@ def command_scan(args):
     return EXIT_FINDINGS if report["findings"] else EXIT_CLEAN
 
 
+def _scan_error_types():
+    from ansible_collections.regwarden.registry.plugins.module_utils._storage import ScanError
+
+    return (ScanError,)
+
+
+def _now_text():
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
 def command_tag_cleanup(args):
+    from ansible_collections.regwarden.registry.plugins.module_utils import _tag_cleanup
+
     error = None
     try:
         rules = json.loads(args.rules) if args.rules else None
         if rules is not None and not isinstance(rules, list):
-            raise ScanError("--rules must be a JSON list of objects")
+            raise CommandError("--rules must be a JSON list of objects")
         result = _tag_cleanup.cleanup_tags(
             args.path, args.keep, include=args.include, exclude=args.exclude, rules=rules,
-            registries=_names(args.registries), delete_untagged=args.delete_untagged)
+            registries=_names(args.registries), delete_untagged=args.delete_untagged,
+            grace_period=args.grace_period, allow_incomplete=True)
+        if result["scan_errors"] or result["incomplete_registries"]:
+            error = "could not read or change everything (%d scan errors); see scan_errors in the report" % len(
+                result["scan_errors"])
     except ValueError as exc:
         result, error = None, "--rules is not valid JSON: %s" % exc
-    except ScanError as exc:
+    except CommandError as exc:
         result, error = None, str(exc)
-    _write_report(args.report, result if result is not None else {"error": error})
-    if result is None:
+    except _scan_error_types() as exc:
+        result, error = None, str(exc)
+    _write_report(args.report, result if result is not None else {"error": error, "generated_at": _now_text()})
+    if error is not None:
         _say(sys.stderr, "regwarden tag-cleanup: %s" % error)
         return EXIT_ERROR
     _say(sys.stdout, json.dumps({"summary": result["summary"], "restart_required": result["restart_required"]},
@@ -230,6 +301,8 @@ def render_probe_prom(result, error, now, last_success):
 
 
 def command_probe(args):
+    from ansible_collections.regwarden.registry.plugins.module_utils import _probe
+
     now = int(time.time())
     last_success = _previous_gauge(args.prom, "regwarden_probe_last_success_timestamp_seconds") if args.prom \
         else None
@@ -245,7 +318,7 @@ def command_probe(args):
         result = _probe.probe_registry(
             transport, args.url, username=args.username, password=password,
             repositories=_names(args.repositories), tags=_names(args.tags),
-            verify_blobs=args.verify_blobs, concurrency=args.concurrency)
+            verify_blobs=args.verify_blobs, concurrency=args.concurrency or _probe.DEFAULT_CONCURRENCY)
         last_success = now
     except OSError as exc:
         error = "cannot read the password file: %s" % (exc.strerror or exc)
@@ -262,11 +335,35 @@ def command_probe(args):
 
 
 COMMANDS = {"scan": command_scan, "tag-cleanup": command_tag_cleanup, "probe": command_probe}
+# What a command that died anyway still leaves behind: its report and, where it writes one, the
+# metrics, both saying it failed (the previous success time of the probe carried over).
+_FAILURE_PROM = {
+    "scan": lambda args, now: render_scan_prom(None, False, now),
+    "probe": lambda args, now: render_probe_prom(
+        None, "failed", now, _previous_gauge(args.prom, "regwarden_probe_last_success_timestamp_seconds")),
+}
 
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    return COMMANDS[args.command](args)
+    try:
+        return COMMANDS[args.command](args)
+    except Exception as exc:  # the catch-all: never exit 1 ("findings") or a bare traceback on an error
+        return _died(args, exc)
+
+
+def _died(args, exc):
+    detail = "%s: %s" % (type(exc).__name__, exc)
+    _say(sys.stderr, "regwarden %s: internal error: %s" % (args.command, detail))
+    _say(sys.stderr, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip())
+    try:
+        _write_report(getattr(args, "report", None), {"error": "internal error: " + detail,
+                                                      "generated_at": _now_text()})
+        if getattr(args, "prom", None) and args.command in _FAILURE_PROM:
+            write_atomically(args.prom, _FAILURE_PROM[args.command](args, int(time.time())))
+    except Exception as write_exc:  # e.g. the disk is full: still exit 2
+        _say(sys.stderr, "regwarden %s: could not record the failure: %s" % (args.command, write_exc))
+    return EXIT_ERROR
 
 
 if __name__ == "__main__":

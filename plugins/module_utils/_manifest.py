@@ -3,6 +3,7 @@
 """Manifest parsing the way distribution 2.8's manifest store dispatches on media type."""
 
 import json
+import re
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -15,6 +16,8 @@ IMAGE_TYPES = frozenset((OCI_MANIFEST, DOCKER_MANIFEST))
 ATTESTATION_ANNOTATION = "vnd.docker.reference.type"
 # distribution v3 refuses manifests over 4 MiB; nothing legitimate comes near it.
 MANIFEST_MAX_BYTES = 4 * 1024 * 1024
+# Go's encoding/json (what the registry parses manifests with) refuses nesting deeper than this.
+JSON_MAX_DEPTH = 10000
 
 
 class InvalidManifest(Exception):
@@ -78,25 +81,48 @@ class Manifest:
 
 
 def parse_manifest(content):
-    """Parse manifest bytes; raise InvalidManifest with a human reason."""
+    """Parse manifest bytes; raise InvalidManifest with a human reason (never anything else)."""
     if len(content) > MANIFEST_MAX_BYTES:
         raise InvalidManifest("manifest is larger than %d bytes" % MANIFEST_MAX_BYTES)
     if not content:
         raise InvalidManifest("manifest blob is empty")
+    doc = load_json(content)
     try:
-        doc = json.loads(content)
+        return _parse_document(doc)
+    except InvalidManifest:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
+        # A shape no rule above foresaw: still a finding about this manifest, never a traceback.
+        raise InvalidManifest("manifest has an unexpected structure (%s: %s)" % (type(exc).__name__, exc)) from None
+
+
+def load_json(content):
+    """The JSON document in ``content``; InvalidManifest when it is not JSON the registry would parse.
+
+    Python's parser recurses: a document nested deeper than it can go (the registry's Go parser
+    takes up to 10000 levels) is parsed again by an iterative parser instead.
+    """
+    try:
+        return json.loads(content)
+    except RecursionError:
+        return _loads_iteratively(content)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidManifest("manifest is not valid JSON (truncated?): %s" % exc) from None
+
+
+def _parse_document(doc):
     if not isinstance(doc, dict):
         raise InvalidManifest("manifest is not a JSON object")
     version = doc.get("schemaVersion")
-    media_type = doc.get("mediaType") or ""
-    if version == 1:
-        return Manifest("image", media_type or DOCKER_SCHEMA1_SIGNED, *_schema1_blobs(doc))
-    if version != 2:
-        raise InvalidManifest("unsupported schemaVersion %r" % (version,))
+    media_type = doc.get("mediaType")
+    if media_type is None:
+        media_type = ""
     if not isinstance(media_type, str):
         raise InvalidManifest("mediaType is not a string")
+    if version == 1 and not isinstance(version, bool):
+        return Manifest("image", media_type or DOCKER_SCHEMA1_SIGNED, *_schema1_blobs(doc))
+    if version != 2 or isinstance(version, bool):
+        raise InvalidManifest("unsupported schemaVersion %s" % _short(version))
     if media_type in INDEX_TYPES:
         return Manifest("index", media_type, *_children(doc))
     if media_type in IMAGE_TYPES:
@@ -106,7 +132,87 @@ def parse_manifest(content):
         if isinstance(doc.get("manifests"), list):
             return Manifest("index", OCI_INDEX, *_children(doc))
         return Manifest("image", OCI_MANIFEST, *_image_blobs(doc))
-    raise InvalidManifest("unrecognized manifest media type %s" % media_type)
+    raise InvalidManifest("unrecognized manifest media type %s" % _short(media_type))
+
+
+def _short(value, limit=80):
+    text = repr(value) if not isinstance(value, str) else value
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+_JSON_TOKEN = re.compile(r"""
+    \s*(?:
+      (?P<open>[\[{]) | (?P<close>[\]}]) | (?P<comma>,) | (?P<colon>:)
+    | (?P<string>"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*")
+    | (?P<number>-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)
+    | (?P<literal>true|false|null)
+    )""", re.VERBOSE)
+_LITERALS = {"true": True, "false": False, "null": None}
+
+
+def _loads_iteratively(content):
+    """A strict JSON parser with an explicit stack, for documents nested too deep for json.loads."""
+    try:
+        text = content.decode("utf-8") if isinstance(content, bytes) else content
+    except UnicodeDecodeError as exc:
+        raise InvalidManifest("manifest is not valid JSON: %s" % exc) from None
+    stack = []  # [container, pending object key] per open array or object
+    # What may come next: value, value_or_end ("[" just opened), key, key_or_end ("{" just
+    # opened), colon, comma_or_end, end (the top-level value is complete).
+    state = "value"
+    position = 0
+    result = None
+    while True:
+        match = _JSON_TOKEN.match(text, position)
+        if match is None:
+            if state == "end" and not text[position:].strip():
+                return result
+            raise InvalidManifest("manifest is not valid JSON at character %d" % position)
+        position = match.end()
+        kind = match.lastgroup
+        token = match.group(kind)
+        if kind in ("open", "string", "number", "literal"):
+            if state in ("key", "key_or_end"):
+                if kind != "string":
+                    raise InvalidManifest("manifest is not valid JSON at character %d" % position)
+                stack[-1][1] = json.loads(token)
+                state = "colon"
+                continue
+            if state not in ("value", "value_or_end"):
+                raise InvalidManifest("manifest is not valid JSON at character %d" % position)
+            if kind == "open":
+                if len(stack) >= JSON_MAX_DEPTH:
+                    raise InvalidManifest("manifest nests JSON deeper than %d levels" % JSON_MAX_DEPTH)
+                stack.append([{} if token == "{" else [], None])
+                state = "key_or_end" if token == "{" else "value_or_end"
+                continue
+            value = _LITERALS[token] if kind == "literal" else json.loads(token)
+        elif kind == "close":
+            is_object = bool(stack) and isinstance(stack[-1][0], dict)
+            if not stack or (token == "}") != is_object or state not in (
+                    "comma_or_end", "key_or_end" if is_object else "value_or_end"):
+                raise InvalidManifest("manifest is not valid JSON at character %d" % position)
+            value = stack.pop()[0]
+        elif kind == "colon":
+            if state != "colon":
+                raise InvalidManifest("manifest is not valid JSON at character %d" % position)
+            state = "value"
+            continue
+        else:  # comma
+            if state != "comma_or_end":
+                raise InvalidManifest("manifest is not valid JSON at character %d" % position)
+            state = "key" if isinstance(stack[-1][0], dict) else "value"
+            continue
+        if not stack:
+            result = value
+            state = "end"
+            continue
+        container, key = stack[-1]
+        if isinstance(container, dict):
+            container[key] = value
+        else:
+            container.append(value)
+        state = "comma_or_end"
 
 
 def _descriptor_digest(descriptor, where):
@@ -121,7 +227,7 @@ def _descriptor_digest(descriptor, where):
         pass
     if not isinstance(descriptor, dict):
         raise InvalidManifest("%s is not a descriptor object" % where)
-    raise InvalidManifest("%s has no sha256 digest (got %r)" % (where, descriptor.get("digest")))
+    raise InvalidManifest("%s has no sha256 digest (got %s)" % (where, _short(descriptor.get("digest"))))
 
 
 def _children(doc):

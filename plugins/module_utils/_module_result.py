@@ -1,8 +1,69 @@
 # Copyright: regwarden.registry contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""How every regwarden module hands its result back to Ansible."""
+"""How every regwarden module takes its storage options and hands its result back to Ansible.
+
+One argument spec for the storage options (doc fragment regwarden.registry.storage), one diff
+helper, one error path: a clear fail_json for bad input or an incomplete scan (with what was
+found), never a traceback.
+"""
 
 import copy
+import traceback
+
+from ansible_collections.regwarden.registry.plugins.module_utils._driver import DEFAULT_MAX_FINDINGS
+from ansible_collections.regwarden.registry.plugins.module_utils._storage import IncompleteScan, ScanError
+
+DEFAULT_PATH = "/opt/registry/data"
+
+
+def storage_argument_spec(fail_on_findings=True, **options):
+    """The options every storage module shares, plus the module's own ``options``."""
+    spec = dict(
+        path=dict(type="path", default=DEFAULT_PATH),
+        allow_incomplete=dict(type="bool", default=False),
+        max_findings=dict(type="int", default=DEFAULT_MAX_FINDINGS),
+    )
+    if fail_on_findings:
+        spec["fail_on_findings"] = dict(type="bool", default=False)
+    spec.update(options)
+    return spec
+
+
+def lines_diff(header, removed=(), added=()):
+    """A diff of what a run removed (before) and wrote (after), one entry a line; None when nothing."""
+    if not removed and not added:
+        return None
+    return {
+        "before_header": header,
+        "after_header": header,
+        "before": "".join("%s\n" % line for line in removed),
+        "after": "".join("%s\n" % line for line in added),
+    }
+
+
+def run_storage_module(module, fact_name, scan, count_findings=None, fail_on_findings=False, diff=None):
+    """Run ``scan()`` (returning a result) and exit: the module's one way out.
+
+    ``count_findings(result)``: how many findings the result holds (None: a writer with no
+    findings of its own); ``diff(result)``: the diff when run with --diff.
+    """
+    try:
+        result = scan()
+    except IncompleteScan as exc:
+        _fail(module, fact_name, str(exc) + " (set allow_incomplete: true to report it instead)", exc.result)
+    except ScanError as exc:
+        module.fail_json(msg=str(exc))
+    except Exception as exc:  # a state no rule foresaw: a clear failure, with the trace for a bug report
+        module.fail_json(msg="internal error: %s: %s" % (type(exc).__name__, exc), exception=traceback.format_exc())
+    findings = count_findings(result) if count_findings is not None else 0
+    exit_with_facts(module, fact_name, result, findings, fail_on_findings,
+                    diff(result) if diff is not None and module._diff else None)
+
+
+def _fail(module, fact_name, message, result):
+    result = dict(result)
+    changed = bool(result.pop("changed", False))
+    module.fail_json(msg=message, changed=changed, ansible_facts={fact_name: copy.deepcopy(result)}, **result)
 
 
 def exit_with_facts(module, fact_name, result, findings, fail_on_findings, diff=None):

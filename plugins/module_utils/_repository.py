@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """One registry's manifests and one repository's links, each read at most once.
 
-Shared by the index audit, its repair and the tag cleanup.
+Shared by the blob scan, the index audit, its repair and the tag cleanup.
 """
 
 import collections
@@ -19,13 +19,16 @@ from ansible_collections.regwarden.registry.plugins.module_utils._storage import
     BLOB_UNREADABLE,
     LINK_MISSING,
     LINK_OK,
+    LINK_UNREADABLE,
     BlobTooLarge,
+    NotRegularFile,
     ScanErrors,
     close_fd,
     is_hex_digest,
+    is_utf8,
     iter_link_dirs,
     iter_repositories,
-    open_subdir,
+    open_subdir_checked,
     read_link_at,
     registry_storage,
 )
@@ -37,6 +40,19 @@ TagLink = collections.namedtuple("TagLink", "state target reason path updated")
 # (state, reason) of a link; the common ones shared rather than built per link.
 LINK_OK_STATE = (LINK_OK, None)
 LINK_MISSING_STATE = (LINK_MISSING, None)
+LINK_UNREADABLE_STATE = (LINK_UNREADABLE, "its directory could not be read")
+
+
+class UnreadableManifest:
+    """A manifest blob that could not be read (permission denied, a symlink, a FIFO): not judged."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason):
+        self.reason = reason
+
+    def __str__(self):
+        return self.reason
 
 
 class ManifestCache:
@@ -62,15 +78,17 @@ class ManifestCache:
         if state in BLOB_GONE_STATES:
             return self.GONE
         if state == BLOB_UNREADABLE:
-            return InvalidManifest("manifest blob unreadable (permission denied or a symlinked directory)")
+            return UnreadableManifest("manifest blob unreadable (see scan_errors)")
         try:
             content = self.blobs.read(hex_digest, MANIFEST_MAX_BYTES)
         except BlobTooLarge as exc:
             return InvalidManifest("manifest is larger than %d bytes (%d)" % (MANIFEST_MAX_BYTES, exc.size))
         except (FileNotFoundError, NotADirectoryError):
             return self.GONE
-        except OSError as exc:
-            return InvalidManifest("manifest blob unreadable: %s" % (exc.strerror or exc))
+        except (NotRegularFile, OSError) as exc:
+            self.blobs.errors.add(self.blobs.data_path(hex_digest), "cannot read manifest blob: %s; not judged"
+                                  % (exc.strerror or exc))
+            return UnreadableManifest("manifest blob unreadable: %s" % (exc.strerror or exc))
         # parse_manifest refuses content over the bound (read() returns one byte more then).
         try:
             manifest = parse_manifest(content)
@@ -85,7 +103,8 @@ class RepositoryLinks:
     """Link state of one repository, read lazily and at most once per link.
 
     When the blob scan walks the same repository first (one process running both scans),
-    it hands over every link it read (record_*), and nothing is read twice.
+    it hands over every link it read (record_*), and nothing is read twice. A link directory
+    that could not be read makes every link in it LINK_UNREADABLE (not judged), never missing.
     """
 
     def __init__(self, path, fd, errors):
@@ -96,63 +115,90 @@ class RepositoryLinks:
         self.layers_dir = os.path.join(path, "_layers", "sha256")
         self.revisions = {}  # hex -> (state, reason) for every revision dir with a link file
         self._revisions_loaded = False
+        self.revisions_unreadable = False
         self._layers_fd = None
         self._layer_dirs = None  # names of the real (non-symlink) directories under _layers/sha256
         self._layer_links = {}
         self._layers_complete = False  # _layer_links holds every layer link there is
+        self.layers_unreadable = False
+        self.tags_unreadable = False
 
     def close(self):
         close_fd(self._layers_fd)
         self._layers_fd = None
 
-    def record_revisions(self, states):
+    def record_revisions(self, states, unreadable=False):
         """{hex: (state, reason)} of every revision directory with a link file, as read by the caller."""
         self.revisions = states
         self._revisions_loaded = True
+        self.revisions_unreadable = unreadable
 
-    def record_layer_links(self, states):
+    def record_layer_links(self, states, unreadable=False):
         """{hex: (state, reason)} of every _layers directory with a link file, as read by the caller."""
         self._layer_links = states
         self._layers_complete = True
+        self.layers_unreadable = unreadable
+
+    def read_link(self, dir_fd, dir_path, entry, expected_hex):
+        """(state, reason) of <dir>/<entry>/link; an unreadable one is reported as a scan error."""
+        state, _target, reason = read_link_at(dir_fd, entry + "/link", expected_hex)
+        if state == LINK_OK:
+            return LINK_OK_STATE
+        if state == LINK_UNREADABLE:
+            self.errors.add(os.path.join(dir_path, entry, "link"), reason + "; not judged")
+        return state, reason
 
     def load_revisions(self):
         if self._revisions_loaded:
             return
         self._revisions_loaded = True
-        dir_fd = open_subdir(self.fd, ("_manifests", "revisions", "sha256"), self.path, self.errors)
+        dir_fd, refused = open_subdir_checked(self.fd, ("_manifests", "revisions", "sha256"), self.path, self.errors)
+        self.revisions_unreadable = refused
         if dir_fd is None:
             return
         try:
             for entry, is_dir, _is_link in iter_link_dirs(dir_fd):
                 if not is_dir or not is_hex_digest(entry):
                     continue  # reported by the blob scan; the registry cannot address it
-                state, _target, reason = read_link_at(dir_fd, entry + "/link", entry)
-                if state != LINK_MISSING:
-                    self.revisions[entry] = LINK_OK_STATE if state == LINK_OK else (state, reason)
+                state = self.read_link(dir_fd, self.revisions_dir, entry, entry)
+                if state[0] != LINK_MISSING:
+                    self.revisions[entry] = state
+        except OSError as exc:
+            self.errors.add(self.revisions_dir, "cannot list directory: %s" % (exc.strerror or exc))
+            self.revisions_unreadable = True
         finally:
             close_fd(dir_fd)
 
     def revision_state(self, hex_digest):
-        return self.revisions.get(hex_digest, LINK_MISSING_STATE)
+        state = self.revisions.get(hex_digest)
+        if state is None:
+            return LINK_UNREADABLE_STATE if self.revisions_unreadable else LINK_MISSING_STATE
+        return state
 
     def _load_layer_dirs(self):
         self._layer_dirs = set()
-        self._layers_fd = open_subdir(self.fd, ("_layers", "sha256"), self.path, self.errors)
+        self._layers_fd, refused = open_subdir_checked(self.fd, ("_layers", "sha256"), self.path, self.errors)
+        self.layers_unreadable = refused
         if self._layers_fd is not None:
-            self._layer_dirs = {name for name, is_dir, _link in iter_link_dirs(self._layers_fd) if is_dir}
+            try:
+                self._layer_dirs = {name for name, is_dir, _link in iter_link_dirs(self._layers_fd) if is_dir}
+            except OSError as exc:
+                self.errors.add(self.layers_dir, "cannot list directory: %s" % (exc.strerror or exc))
+                self.layers_unreadable = True
 
     def layer_state(self, hex_digest):
         state = self._layer_links.get(hex_digest)
         if state is None:
             if self._layers_complete:
-                return LINK_MISSING_STATE
+                return LINK_UNREADABLE_STATE if self.layers_unreadable else LINK_MISSING_STATE
             if self._layer_dirs is None:
                 self._load_layer_dirs()
+            if self.layers_unreadable:
+                return LINK_UNREADABLE_STATE
             if hex_digest not in self._layer_dirs:
                 state = LINK_MISSING_STATE  # absent, or a symlink (reported by the blob scan)
             else:
-                link_state, _target, reason = read_link_at(self._layers_fd, hex_digest + "/link", hex_digest)
-                state = LINK_OK_STATE if link_state == LINK_OK else (link_state, reason)
+                state = self.read_link(self._layers_fd, self.layers_dir, hex_digest, hex_digest)
             self._layer_links[hex_digest] = state
         return state
 
@@ -172,32 +218,51 @@ class RepositoryLinks:
         return os.path.join(self.layers_dir, hex_digest, "link")
 
     def read_tags(self, with_updated=False):
-        """{tag: TagLink} for every tag directory of the repository."""
+        """{tag: TagLink} for every tag directory of the repository.
+
+        A tag directory that is a symlink (the registry would follow it and serve the tag) or
+        cannot be opened is a tag in state LINK_UNREADABLE: it exists, nobody can say what it
+        protects. ``tags_unreadable`` says whether the tags directory itself could not be read.
+        """
         tags_dir = os.path.join(self.path, "_manifests", "tags")
-        dir_fd = open_subdir(self.fd, ("_manifests", "tags"), self.path, self.errors)
+        dir_fd, self.tags_unreadable = open_subdir_checked(self.fd, ("_manifests", "tags"), self.path, self.errors)
         tags = {}
         if dir_fd is None:
             return tags
         try:
             for tag, is_dir, is_link in iter_link_dirs(dir_fd):
-                link_path = os.path.join(tags_dir, tag, "current", "link")
+                tag_path = os.path.join(tags_dir, tag)
+                link_path = os.path.join(tag_path, "current", "link")
+                if not is_utf8(tag):
+                    self.errors.add(tag_path, "tag name is not valid UTF-8 (shown with \\x escapes)")
                 if is_link:
-                    self.errors.add(os.path.join(tags_dir, tag), "symlink not followed")
+                    self.errors.add(tag_path, "symlink not followed")
+                    tags[tag] = TagLink(LINK_UNREADABLE, None, "tag directory is a symlink (not followed)",
+                                        link_path, None)
                     continue
                 if not is_dir:
                     continue
-                current_fd = open_subdir(dir_fd, (tag, "current"), tags_dir, self.errors)
+                current_fd, refused = open_subdir_checked(dir_fd, (tag, "current"), tags_dir, self.errors)
                 if current_fd is None:
-                    tags[tag] = TagLink(LINK_MISSING, None, "tag has no current link", link_path, None)
+                    if refused:
+                        tags[tag] = TagLink(LINK_UNREADABLE, None, "tag directory could not be read", link_path,
+                                            None)
+                    else:
+                        tags[tag] = TagLink(LINK_MISSING, None, "tag has no current link", link_path, None)
                     continue
                 try:
                     state, target, reason = read_link_at(current_fd, "link", None)
                     updated = None
-                    if with_updated and state != LINK_MISSING:
+                    if state == LINK_UNREADABLE:
+                        self.errors.add(link_path, reason + "; not judged")
+                    elif with_updated and state != LINK_MISSING:
                         updated = os.stat("link", dir_fd=current_fd, follow_symlinks=False).st_mtime
                 finally:
                     close_fd(current_fd)
                 tags[tag] = TagLink(state, target, reason, link_path, updated)
+        except OSError as exc:
+            self.errors.add(tags_dir, "cannot list directory: %s" % (exc.strerror or exc))
+            self.tags_unreadable = True
         finally:
             close_fd(dir_fd)
         return tags
@@ -208,7 +273,8 @@ def walk_registry(name, v2_root, make_scanners):
 
     A scanner has ``add_repository(repo_name, repo)``, called in list order for each
     repository (so a blob scan placed first hands the links it read to an audit after it),
-    and ``finish()``, called once the last repository is done.
+    and ``finish()``, called once the last repository is done. ``v2_root`` None is a registry
+    that holds nothing yet: no repository, every scanner finishes clean.
     """
     errors = ScanErrors(name)
     with registry_storage(name, v2_root, errors) as (v2_fd, blobs):

@@ -3,9 +3,13 @@
 """Read-only access to a distribution registry's filesystem storage.
 
 Pure Python with no Ansible import, so the same code runs inside modules and in the
-scanner CLI on the registry VM. Symlinks are never followed: every open and stat is
-relative to a directory descriptor with O_NOFOLLOW / follow_symlinks=False, and
-entries are classified from their d_type before anything is opened.
+scanner CLI on the registry VM. Nothing here writes: every change goes through _writer.
+
+Symlinks are never followed: every open and stat is relative to a directory descriptor with
+O_NOFOLLOW / follow_symlinks=False, and entries are classified from their d_type before
+anything is opened. Files are opened with O_NONBLOCK and must be regular files before they
+are read, so a FIFO or a device planted in the tree cannot stall a scan. Walks are
+iterative: no tree shape can exhaust the interpreter's stack.
 """
 
 import contextlib
@@ -19,19 +23,26 @@ REPO_MARKERS = frozenset(("_layers", "_manifests", "_uploads"))
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 # A valid link file is exactly "sha256:" + 64 hex; anything bigger is garbage, read no more.
 LINK_READ_BYTES = 256
+# distribution refuses repository names over 255 characters (reference.NameTotalLengthMax):
+# a directory path longer than that below repositories/ is nothing a registry can serve.
+MAX_REPOSITORY_NAME = 255
+# Registry directory names the role creates (and the only empty directories taken for registries).
+_REGISTRY_NAME = re.compile(r"[a-z0-9]([a-z0-9_-]*[a-z0-9])?\Z")
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})\Z")
 
-_O_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
-_O_FILE = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _O_NOFOLLOW | _O_CLOEXEC
+_O_FILE = os.O_RDONLY | _O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | _O_CLOEXEC
 
 # Blob data states (cached per registry, one stat per distinct digest). Small ints, so a
 # million cached states cost no int objects.
 DATA_PRESENT = 1  # a regular file with content
 DATA_EMPTY = 0  # a regular file of 0 bytes
 BLOB_MISSING = -1  # blob directory present, data file absent
-BLOB_NOT_REGULAR = -2  # data is a directory, symlink or device
-BLOB_UNREADABLE = -3  # cannot tell: permission denied or a symlinked directory on the way
+BLOB_NOT_REGULAR = -2  # data is a directory: the registry answers "blob unknown"
+BLOB_UNREADABLE = -3  # cannot tell: permission denied, a symlink (the registry would follow it), a FIFO
 BLOB_DIR_MISSING = -4  # not even the blob directory
 BLOB_GONE_STATES = frozenset((BLOB_MISSING, BLOB_NOT_REGULAR, BLOB_DIR_MISSING))
 _BLOB_REASONS = {
@@ -45,10 +56,29 @@ _BLOB_REASONS = {
 LINK_OK = "present"
 LINK_MISSING = "missing"
 LINK_INVALID = "invalid"
+# Could not be read (permission denied, I/O error, a symlinked directory on the way): not judged.
+LINK_UNREADABLE = "unreadable"
 
 
 class ScanError(Exception):
     """Bad input that stops a scan: reported to the operator as a plain message."""
+
+
+class IncompleteScan(ScanError):
+    """Some registry could not be scanned (whole or in part); ``results`` hold what was found
+    (one result per analysis run; ``result`` is the first)."""
+
+    def __init__(self, message, results):
+        super().__init__(message)
+        self.results = results
+
+    @property
+    def result(self):
+        return self.results[0]
+
+
+class NotRegularFile(OSError):
+    """A name that should be a regular file is something else (FIFO, device, directory)."""
 
 
 def is_hex_digest(name):
@@ -57,6 +87,36 @@ def is_hex_digest(name):
 
 def digest_of(hex_digest):
     return "sha256:" + hex_digest
+
+
+def escape_name(text):
+    """``text`` as valid UTF-8: bytes that were not UTF-8 become ``\\xNN`` escapes."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def is_utf8(text):
+    return escape_name(text) is text
+
+
+def reportable(value):
+    """A result with every string (and dict key) valid UTF-8, as Ansible and JSON need it."""
+    if isinstance(value, str):
+        return escape_name(value)
+    if isinstance(value, dict):
+        return {reportable(key): reportable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [reportable(item) for item in value]
+    return value
 
 
 class BlobTooLarge(Exception):
@@ -94,17 +154,45 @@ def open_dir(name, dir_fd=None):
         raise
 
 
+def open_regular(name, dir_fd):
+    """Descriptor of a regular file, never following a symlink and never blocking on a FIFO.
+
+    Raises NotRegularFile (after closing it) when ``name`` is not a regular file, OSError
+    (ELOOP for a symlink) when it cannot be opened.
+    """
+    fd = os.open(name, _O_FILE, dir_fd=dir_fd)
+    try:
+        mode = os.fstat(fd).st_mode
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        raise NotRegularFile(errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL, kind, name)
+    return fd
+
+
 def close_fd(fd):
     if fd is not None:
         os.close(fd)
 
 
-def open_subdir(parent_fd, parts, base_path, errors):
+def open_subdir(parent_fd, parts, base_path, errors, fatal=False):
     """Open base_path/parts... one component at a time, never following a symlink.
 
-    Returns the descriptor, or None when a component is absent; a symlinked component is
-    reported in ``errors`` and also gives None. ``parent_fd`` stays open.
+    Returns the descriptor, or None when a component is absent; a symlinked or unopenable
+    component is reported in ``errors`` (as a registry-level error with ``fatal``) and also
+    gives None. ``parent_fd`` stays open. ``unreadable_path`` of the returned error tells
+    callers "not judged" from "absent": see open_subdir_checked.
     """
+    fd, _refused = open_subdir_checked(parent_fd, parts, base_path, errors, fatal)
+    return fd
+
+
+def open_subdir_checked(parent_fd, parts, base_path, errors, fatal=False):
+    """(descriptor or None, refused): ``refused`` is True when a component could not be read."""
+    report = errors.fatal if fatal else errors.add
     fd = parent_fd
     path = base_path
     try:
@@ -113,103 +201,169 @@ def open_subdir(parent_fd, parts, base_path, errors):
             try:
                 child = open_dir(part, dir_fd=fd)
             except SymlinkRefused:
-                errors.add(path, "symlink not followed")
-                child = None
+                report(path, "symlink not followed")
+                child = False
             except OSError as exc:
-                errors.add(path, "cannot open directory: %s" % (exc.strerror or exc))
-                child = None
+                report(path, "cannot open directory: %s" % (exc.strerror or exc))
+                child = False
             if fd != parent_fd:
                 os.close(fd)
+            if child is None or child is False:
+                return None, child is False
             fd = child
-            if fd is None:
-                return None
-        return fd
+        return fd, False
     except BaseException:
         if fd is not None and fd != parent_fd:
             os.close(fd)
         raise
 
 
-def find_registries(path):
-    """Return [(name, v2_root)] for the registries under ``path``, sorted by name."""
+def _path_state(path):
+    """"dir", "missing", "symlink" or "other" for path itself, never following it."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return "missing"
+    except OSError:
+        return "other"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    return "dir" if stat.S_ISDIR(mode) else "other"
+
+
+def _layout_state(base):
+    """"layout" (base/docker/registry/v2 are real directories), "empty" (no docker/ yet), or a
+    reason why base is not a registry one can scan."""
+    current = base
+    for depth, part in enumerate(LAYOUT.split(os.sep)):
+        current = os.path.join(current, part)
+        state = _path_state(current)
+        if state == "missing":
+            return "empty" if depth == 0 else "incomplete layout: %s is missing" % current
+        if state == "symlink":
+            return "%s is a symlink (symlinks are never followed)" % current
+        if state != "dir":
+            return "%s is not a directory" % current
+    return "layout"
+
+
+def _check_path(path):
     if not isinstance(path, str) or not path:
         raise ScanError("path must be a non-empty string")
     path = os.path.abspath(path)
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        raise ScanError("path %s does not exist" % path) from None
-    except OSError as exc:
-        raise ScanError("cannot read path %s: %s" % (path, exc.strerror)) from None
-    if stat.S_ISLNK(st.st_mode):
+    state = _path_state(path)
+    if state == "missing":
+        raise ScanError("path %s does not exist" % path)
+    if state == "symlink":
         raise ScanError("path %s is a symlink; give the real directory (symlinks are never followed)" % path)
-    if not stat.S_ISDIR(st.st_mode):
+    if state != "dir":
+        try:
+            os.lstat(path)
+        except OSError as exc:
+            raise ScanError("cannot read path %s: %s" % (path, exc.strerror)) from None
         raise ScanError("path %s is not a directory" % path)
-    if _has_layout(path):
-        return [(os.path.basename(path.rstrip(os.sep)) or path, os.path.join(path, LAYOUT))]
+    return path
+
+
+def _registry_dirs(path):
+    """{name: layout state} of the registry directories under ``path`` (symlinks: their reason)."""
     try:
         names = sorted(os.listdir(path))
     except OSError as exc:
         raise ScanError("cannot list path %s: %s" % (path, exc.strerror)) from None
-    found = []
+    states = {}
     for name in names:
         base = os.path.join(path, name)
-        if os.path.islink(base):
-            continue
-        if _has_layout(base):
-            found.append((name, os.path.join(base, LAYOUT)))
-    return found
+        state = _path_state(base)
+        if state == "symlink":
+            states[name] = "%s is a symlink (symlinks are never followed)" % base
+        elif state == "dir":
+            states[name] = _layout_state(base)
+    return states
+
+
+def find_registries(path):
+    """Return [(name, v2_root)] for the registries with stored data under ``path``, sorted by name."""
+    path = _check_path(path)
+    if _layout_state(path) == "layout":
+        return [(os.path.basename(path.rstrip(os.sep)) or path, os.path.join(path, LAYOUT))]
+    return [(name, os.path.join(path, name, LAYOUT))
+            for name, state in _registry_dirs(path).items() if state == "layout"]
 
 
 def select_registries(path, wanted):
-    """Registries under ``path`` restricted to ``wanted`` names (None: all)."""
-    found = find_registries(path)
+    """(selected, missing) for the registries under ``path`` restricted to ``wanted`` names.
+
+    ``selected``: [(name, v2_root)] sorted by name; v2_root is None for a registry directory
+    that holds nothing yet (no docker/ directory: a registry nothing was pushed to or pulled
+    through), taken only when asked for by name. ``missing``: {name: reason} of the names asked
+    for that cannot be scanned. ``wanted`` None: every registry with stored data; none at all
+    is missing too (an unmounted or empty data directory reads as nothing, never as "clean").
+    """
+    path = _check_path(path)
+    if _layout_state(path) == "layout":
+        name = os.path.basename(path.rstrip(os.sep)) or path
+        states = {name: "layout"}
+        v2_of = {name: os.path.join(path, LAYOUT)}
+    else:
+        states = _registry_dirs(path)
+        v2_of = {name: os.path.join(path, name, LAYOUT) for name in states}
+    layouts = sorted(name for name, state in states.items() if state == "layout")
     if wanted is None:
-        return found
-    by_name = dict(found)
-    unknown = [name for name in wanted if name not in by_name]
-    if unknown:
-        raise ScanError(
-            "registry %s not found under %s (registries there: %s)"
-            % (", ".join(sorted(unknown)), os.path.abspath(path), ", ".join(sorted(by_name)) or "none")
-        )
-    return [(name, by_name[name]) for name in sorted(set(wanted))]
+        if not layouts:
+            return [], {"*": "no registry with stored data under %s (is the data volume mounted?)" % path}
+        return [(name, v2_of[name]) for name in layouts], {}
+    selected, missing = [], {}
+    for name in sorted(set(wanted)):
+        state = states.get(name)
+        if state == "layout":
+            selected.append((name, v2_of[name]))
+        elif state == "empty" and _REGISTRY_NAME.match(name):
+            selected.append((name, None))
+        elif state is None:
+            missing[name] = "registry %s not found under %s (registries there: %s)" % (
+                name, path, ", ".join(layouts) or "none")
+        else:
+            missing[name] = "registry %s cannot be scanned: %s" % (name, state)
+    return selected, missing
 
 
-def _has_layout(base):
-    """True if base/docker/registry/v2 exists as real directories (no symlinked component)."""
-    current = base
-    for part in LAYOUT.split(os.sep):
-        current = os.path.join(current, part)
-        try:
-            st = os.lstat(current)
-        except OSError:
-            return False
-        if not stat.S_ISDIR(st.st_mode):
-            return False
-    return True
+def lock_dir_of(v2_root):
+    """The registry's own directory (<path>/<name>), parent of docker/registry/v2: its lock lives there."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(v2_root)))
 
 
 class ScanErrors:
-    """Problems met while walking that are not findings of a damage class."""
+    """Problems met while walking that are not findings of a damage class.
+
+    ``fatal`` ones mean the registry was not read as a whole (a top-level directory could
+    not be read): the registry is then reported as incomplete.
+    """
 
     def __init__(self, registry):
         self.registry = registry
         self.items = []
         self._seen = set()
+        self.incomplete = False
 
     def add(self, path, message):
         if (path, message) not in self._seen:
             self._seen.add((path, message))
             self.items.append({"registry": self.registry, "path": path, "error": message})
 
+    def fatal(self, path, message):
+        self.incomplete = True
+        self.add(path, message)
+
 
 def open_registry(v2_root):
-    """Descriptor of a registry's docker/registry/v2 directory (checked by find_registries)."""
+    """Descriptor of a registry's docker/registry/v2 directory (checked by select_registries)."""
     try:
         fd = open_dir(v2_root)
     except SymlinkRefused:
         fd = None
+    except OSError as exc:
+        raise ScanError("cannot open %s: %s" % (v2_root, exc.strerror or exc)) from None
     if fd is None:
         raise ScanError("%s is not a directory (it changed during the scan?)" % v2_root)
     return fd
@@ -219,8 +373,12 @@ def open_registry(v2_root):
 def registry_storage(name, v2_root, errors):
     """(v2 descriptor, BlobStore) of one registry while it is worked on.
 
-    An OSError nobody handled below becomes a ScanError naming the registry and the path.
+    ``v2_root`` None (a registry nothing was stored in yet) gives (None, None). An OSError
+    nobody handled below becomes a ScanError naming the registry and the path.
     """
+    if v2_root is None:
+        yield None, None
+        return
     v2_fd = open_registry(v2_root)
     blobs = None
     try:
@@ -240,24 +398,69 @@ def iter_repositories(v2_fd, v2_root, errors):
 
     A repository is any directory holding _layers, _manifests or _uploads; names nest
     (``team/app``). Symlinked directories are reported and never entered. ``repo_fd`` is
-    valid only until the generator resumes.
+    valid only until the generator resumes. An unreadable or symlinked ``repositories``
+    directory is a registry-level error: nothing under it was read.
     """
-    top = os.path.join(v2_root, "repositories")
-    fd = open_subdir(v2_fd, ("repositories",), v2_root, errors)
-    if fd is None:
+    if v2_fd is None:
         return
+    top = os.path.join(v2_root, "repositories")
     try:
-        yield from _walk_repositories("", top, fd, errors)
+        fd = open_dir("repositories", dir_fd=v2_fd)
+    except SymlinkRefused:
+        errors.fatal(top, "symlink not followed: no repository was read")
+        return
+    except OSError as exc:
+        errors.fatal(top, "cannot open directory: %s: no repository was read" % (exc.strerror or exc))
+        return
+    if fd is None:
+        return  # nothing pushed yet
+    # Depth-first, children in name order, each directory listed once; the descriptors of the
+    # directories on the current path stay open (at most MAX_REPOSITORY_NAME / 2 of them).
+    frames = [("", top, fd, iter(_repository_children(top, fd, errors, top=True)[1]))]
+    try:
+        while frames:
+            name, path, dir_fd, pending = frames[-1]
+            child = next(pending, None)
+            if child is None:
+                frames.pop()
+                os.close(dir_fd)
+                continue
+            child_name = name + "/" + child if name else child
+            child_path = os.path.join(path, child)
+            if len(child_name) > MAX_REPOSITORY_NAME:
+                errors.add(child_path, "nested deeper than a repository name can be (%d characters): not entered"
+                           % MAX_REPOSITORY_NAME)
+                continue
+            try:
+                child_fd = open_dir(child, dir_fd=dir_fd)
+            except SymlinkRefused:
+                errors.add(child_path, "symlink not followed")
+                continue
+            except OSError as exc:
+                errors.add(child_path, "cannot open directory: %s" % (exc.strerror or exc))
+                continue
+            if child_fd is None:
+                continue  # removed while we walked
+            is_repo, children = _repository_children(child_path, child_fd, errors)
+            frames.append((child_name, child_path, child_fd, iter(children)))
+            if is_repo:
+                if not is_utf8(child):
+                    errors.add(child_path, "directory name is not valid UTF-8 (shown with \\x escapes); "
+                                           "no client can address this repository")
+                yield child_name, child_path, child_fd
     finally:
-        os.close(fd)
+        for _name, _path, dir_fd, _pending in frames:
+            os.close(dir_fd)
 
 
-def _walk_repositories(name, path, fd, errors):
+def _repository_children(path, fd, errors, top=False):
+    """(is a repository, sorted names of the subdirectories to walk) of one directory."""
     try:
         entries = list(iter_link_dirs(fd))
     except OSError as exc:
-        errors.add(path, "cannot list directory: %s" % (exc.strerror or exc))
-        return
+        report = errors.fatal if top else errors.add
+        report(path, "cannot list directory: %s" % (exc.strerror or exc))
+        return False, []
     names = set()
     children = []
     for entry_name, is_dir, is_link in entries:
@@ -266,31 +469,15 @@ def _walk_repositories(name, path, fd, errors):
             errors.add(os.path.join(path, entry_name), "symlink not followed")
         elif is_dir and not entry_name.startswith("_"):
             children.append(entry_name)
-    if name and not REPO_MARKERS.isdisjoint(names):
-        yield name, path, fd
-    for child in sorted(children):
-        child_path = os.path.join(path, child)
-        try:
-            child_fd = open_dir(child, dir_fd=fd)
-        except SymlinkRefused:
-            errors.add(child_path, "symlink not followed")
-            continue
-        except OSError as exc:
-            errors.add(child_path, "cannot open directory: %s" % (exc.strerror or exc))
-            continue
-        if child_fd is None:
-            continue  # removed while we walked
-        try:
-            yield from _walk_repositories(name + "/" + child if name else child, child_path, child_fd, errors)
-        finally:
-            os.close(child_fd)
+    children.sort()
+    return not top and not REPO_MARKERS.isdisjoint(names), children
 
 
 def read_link_at(dir_fd, rel_path, expected_hex):
     """Read a link file relative to ``dir_fd``.
 
-    Returns (state, target_hex, reason): state LINK_OK / LINK_MISSING / LINK_INVALID.
-    ``expected_hex`` None accepts any digest (tag current links).
+    Returns (state, target_hex, reason): state LINK_OK / LINK_MISSING / LINK_INVALID /
+    LINK_UNREADABLE. ``expected_hex`` None accepts any digest (tag current links).
     """
     try:
         fd = os.open(rel_path, _O_FILE, dir_fd=dir_fd)
@@ -299,18 +486,27 @@ def read_link_at(dir_fd, rel_path, expected_hex):
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             return LINK_INVALID, None, "link file is a symlink (not followed)"
-        return LINK_INVALID, None, "link file unreadable: %s" % (exc.strerror or exc)
+        return LINK_UNREADABLE, None, "link file unreadable: %s" % (exc.strerror or exc)
     try:
         content = os.read(fd, LINK_READ_BYTES)
     except OSError as exc:
         if exc.errno == errno.EISDIR:
             return LINK_INVALID, None, "link is a directory, not a file"
-        return LINK_INVALID, None, "link file unreadable: %s" % (exc.strerror or exc)
+        if exc.errno == errno.EAGAIN:
+            return LINK_INVALID, None, "link is not a regular file (a FIFO or device)"
+        return LINK_UNREADABLE, None, "link file unreadable: %s" % (exc.strerror or exc)
+    else:
+        if expected_hex is not None and len(content) == 71 and content[7:] == expected_hex.encode("ascii") \
+                and content[:7] == b"sha256:":
+            return LINK_OK, expected_hex, None
+        # Not the valid fast path: only now is it worth a stat to tell a FIFO or device apart.
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return LINK_INVALID, None, "link is not a regular file (a FIFO or device)"
+        except OSError as exc:
+            return LINK_UNREADABLE, None, "link file unreadable: %s" % (exc.strerror or exc)
     finally:
         os.close(fd)
-    if expected_hex is not None and len(content) == 71 and content[7:] == expected_hex.encode("ascii") \
-            and content[:7] == b"sha256:":
-        return LINK_OK, expected_hex, None
     return classify_link_content(content, expected_hex)
 
 
@@ -343,7 +539,8 @@ class BlobStore:
     Every access goes blobs/sha256/<xx>/<hex>/data relative to a cached descriptor of the
     prefix directory, whose listing (read once, d_type only) says which <hex> entries are
     symlinks: those are never followed. States are cached under the 32-byte digest, half
-    the memory of the hex text.
+    the memory of the hex text. A prefix directory that cannot be read leaves its blobs
+    unreadable (not judged), never missing.
     """
 
     _REFUSED = -1
@@ -394,7 +591,7 @@ class BlobStore:
         return state
 
     def fresh_data_state(self, hex_digest):
-        """Stat again, bypassing every cache (used right before a repair)."""
+        """Stat again, bypassing every cache (used right before a repair or a removal)."""
         state = self._stat_fresh(hex_digest)
         self._states[bytes.fromhex(hex_digest)] = state
         return state
@@ -412,7 +609,11 @@ class BlobStore:
             try:
                 fd = open_dir(prefix, dir_fd=self.fd)
             except SymlinkRefused:
-                self.errors.add(os.path.join(self.root, prefix), "symlink not followed")
+                self.errors.add(os.path.join(self.root, prefix), "symlink not followed; its blobs not judged")
+                fd = self._REFUSED
+            except OSError as exc:
+                self.errors.add(os.path.join(self.root, prefix), "cannot open directory: %s; its blobs not judged"
+                                % (exc.strerror or exc))
                 fd = self._REFUSED
             self._prefixes[prefix] = fd
         return fd
@@ -432,12 +633,17 @@ class BlobStore:
             else:
                 links = set()
                 others = set()
-                for name, is_dir, is_link in iter_link_dirs(prefix_fd):
-                    if is_link:
-                        links.add(name)
-                    elif not is_dir:
-                        others.add(name)
-                listing = (frozenset(links) or self._NO_NAMES, frozenset(others) or self._NO_NAMES)
+                try:
+                    for name, is_dir, is_link in iter_link_dirs(prefix_fd):
+                        if is_link:
+                            links.add(name)
+                        elif not is_dir:
+                            others.add(name)
+                    listing = (frozenset(links) or self._NO_NAMES, frozenset(others) or self._NO_NAMES)
+                except OSError as exc:
+                    self.errors.add(os.path.join(self.root, prefix), "cannot list directory: %s; its blobs not "
+                                    "judged" % (exc.strerror or exc))
+                    listing = self._REFUSED
             self._listings[prefix] = listing
         return listing
 
@@ -463,7 +669,9 @@ class BlobStore:
                     return BLOB_DIR_MISSING
             except (FileNotFoundError, NotADirectoryError):
                 return BLOB_DIR_MISSING
-            except OSError:
+            except OSError as exc:
+                self.errors.add(os.path.dirname(self.data_path(hex_digest)), "cannot stat: %s"
+                                % (exc.strerror or exc))
                 return BLOB_UNREADABLE
         return state
 
@@ -477,7 +685,8 @@ class BlobStore:
             st = os.stat(hex_digest, dir_fd=prefix_fd, follow_symlinks=False)
         except (FileNotFoundError, NotADirectoryError):
             return BLOB_DIR_MISSING
-        except OSError:
+        except OSError as exc:
+            self.errors.add(os.path.dirname(self.data_path(hex_digest)), "cannot stat: %s" % (exc.strerror or exc))
             return BLOB_UNREADABLE
         if stat.S_ISLNK(st.st_mode):
             self.errors.add(os.path.dirname(self.data_path(hex_digest)), "symlink not followed")
@@ -486,28 +695,35 @@ class BlobStore:
             return BLOB_DIR_MISSING
         return self._stat_data(prefix_fd, hex_digest)
 
-    @staticmethod
-    def _stat_data(prefix_fd, hex_digest):
+    def _stat_data(self, prefix_fd, hex_digest):
         try:
             st = os.stat(hex_digest + "/data", dir_fd=prefix_fd, follow_symlinks=False)
         except (FileNotFoundError, NotADirectoryError):
             return BLOB_MISSING
-        except OSError:
+        except OSError as exc:
+            self.errors.add(self.data_path(hex_digest), "cannot stat blob data: %s" % (exc.strerror or exc))
             return BLOB_UNREADABLE
-        if not stat.S_ISREG(st.st_mode):
-            return BLOB_NOT_REGULAR
-        return DATA_PRESENT if st.st_size > 0 else DATA_EMPTY
+        mode = st.st_mode
+        if stat.S_ISREG(mode):
+            return DATA_PRESENT if st.st_size > 0 else DATA_EMPTY
+        if stat.S_ISDIR(mode):
+            return BLOB_NOT_REGULAR  # the registry answers "blob unknown" for a directory
+        # A symlink the registry would follow, a FIFO or a device: nothing to judge by, and
+        # never a reason to call the blob gone (that would unlink what the registry serves).
+        self.errors.add(self.data_path(hex_digest), "symlink not followed" if stat.S_ISLNK(mode)
+                        else "blob data is not a regular file (a FIFO or device)")
+        return BLOB_UNREADABLE
 
     def open_data(self, hex_digest):
         """Descriptor of the blob's data file (OSError if it cannot be opened safely)."""
         prefix_fd = self._prefix_fd(hex_digest[:2])
         if prefix_fd is None or prefix_fd == self._REFUSED:
             raise FileNotFoundError(errno.ENOENT, "blob directory missing", self.data_path(hex_digest))
-        links, _others = self._listing(hex_digest[:2])
-        if hex_digest in links:
+        listing = self._listing(hex_digest[:2])
+        if listing == self._REFUSED or hex_digest in listing[0]:
             raise OSError(errno.ELOOP, "symlink not followed", os.path.dirname(self.data_path(hex_digest)))
         # The listing says <hex> is no symlink, so one open relative to the prefix is safe.
-        return os.open(hex_digest + "/data", _O_FILE, dir_fd=prefix_fd)
+        return open_regular(hex_digest + "/data", prefix_fd)
 
     def read(self, hex_digest, limit):
         """The blob's content; BlobTooLarge (nothing read) when its data file is over ``limit`` bytes.
@@ -543,87 +759,11 @@ class BlobStore:
             prefix_fd = self._prefix_fd(prefix)
             if prefix_fd is None or prefix_fd == self._REFUSED:
                 continue
-            names = sorted(name for name, is_dir, _link in iter_link_dirs(prefix_fd) if is_dir)
+            try:
+                names = sorted(name for name, is_dir, _link in iter_link_dirs(prefix_fd) if is_dir)
+            except OSError as exc:
+                self.errors.add(os.path.join(self.root, prefix), "cannot list directory: %s" % (exc.strerror or exc))
+                continue
             for name in names:
                 if is_hex_digest(name) and name.startswith(prefix):
                     yield name
-
-
-# Writing. Only repairs and tag cleanup write, always relative to descriptors opened
-# without following symlinks, and new files take the owner of the directory they land in.
-
-LINK_MODE = 0o644
-DIR_MODE = 0o755
-
-
-def make_dirs_at(parent_fd, parts):
-    """mkdir -p parts... below parent_fd without following symlinks; returns a descriptor of the last."""
-    fd = parent_fd
-    owner = os.fstat(parent_fd)
-    try:
-        for part in parts:
-            try:
-                os.mkdir(part, DIR_MODE, dir_fd=fd)
-                _chown_like(part, fd, owner)
-            except FileExistsError:
-                pass
-            child = open_dir(part, dir_fd=fd)
-            if child is None:
-                raise NotADirectoryError(errno.ENOTDIR, "not a directory", part)
-            if fd != parent_fd:
-                os.close(fd)
-            fd = child
-        return fd
-    except BaseException:
-        if fd != parent_fd:
-            os.close(fd)
-        raise
-
-
-def write_link_at(dir_fd, hex_digest):
-    """Write <dir_fd>/link = sha256:<hex> atomically (temp file + rename), as the registry would."""
-    owner = os.fstat(dir_fd)
-    tmp_name = ".link.regwarden.%d" % os.getpid()
-    fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_FILE, LINK_MODE, dir_fd=dir_fd)
-    try:
-        os.write(fd, digest_of(hex_digest).encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    _chown_like(tmp_name, dir_fd, owner)
-    os.rename(tmp_name, "link", src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-
-
-def remove_link_dir_at(parent_fd, name):
-    """Remove <name>/link and then <name> if it is empty; True if the link file was removed."""
-    try:
-        os.unlink(name + "/link", dir_fd=parent_fd)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    try:
-        os.rmdir(name, dir_fd=parent_fd)
-    except OSError as exc:
-        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
-            raise
-    return True
-
-
-def rmtree_at(parent_fd, name):
-    """rm -r parent/name without following symlinks (a symlink inside is unlinked, never entered)."""
-    fd = open_dir(name, dir_fd=parent_fd)
-    if fd is None:
-        return
-    try:
-        for entry, is_dir, is_link in list(iter_link_dirs(fd)):
-            if is_dir and not is_link:
-                rmtree_at(fd, entry)
-            else:
-                os.unlink(entry, dir_fd=fd)
-    finally:
-        os.close(fd)
-    os.rmdir(name, dir_fd=parent_fd)
-
-
-def _chown_like(name, dir_fd, owner):
-    if os.geteuid() == 0 and (owner.st_uid, owner.st_gid) != (0, 0):
-        os.chown(name, owner.st_uid, owner.st_gid, dir_fd=dir_fd, follow_symlinks=False)

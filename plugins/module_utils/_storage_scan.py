@@ -6,16 +6,13 @@ The results are those of scan_blobs() and audit_indexes() for the same registrie
 link file is read and each blob's data stat'ed once for both scans, not once per scan.
 """
 
-import functools
-
-from ansible_collections.regwarden.registry.plugins.module_utils import _blob_scan, _index_audit
-from ansible_collections.regwarden.registry.plugins.module_utils._parallel import map_registries, merge_results
+from ansible_collections.regwarden.registry.plugins.module_utils import _blob_scan, _driver, _index_audit
 from ansible_collections.regwarden.registry.plugins.module_utils._repository import walk_registry
-from ansible_collections.regwarden.registry.plugins.module_utils._storage import select_registries
 
 
 def scan_storage(path, blob_registries=None, index_registries=_index_audit.DEFAULT_REGISTRIES,
-                 verify_digests=False, processes=None):
+                 verify_digests=False, processes=None, allow_incomplete=False,
+                 max_findings=_driver.DEFAULT_MAX_FINDINGS):
     """Return (blob scan result, index audit result) for the registries under ``path``.
 
     ``blob_registries``: names for the blob scan (None: all); ``index_registries``: names for
@@ -23,32 +20,27 @@ def scan_storage(path, blob_registries=None, index_registries=_index_audit.DEFAU
     Nothing is changed. Scan errors met while walking a registry that both scans cover are
     reported in both results.
     """
-    blob_selected = dict(select_registries(path, blob_registries))
-    index_selected = dict(select_registries(path, index_registries))
-    registries = [(name, blob_selected.get(name) or index_selected[name])
-                  for name in sorted(set(blob_selected) | set(index_selected))]
-    scan = functools.partial(_scan_registry, blob_names=frozenset(blob_selected),
-                             index_names=frozenset(index_selected), verify_digests=verify_digests)
-    blob_result = _blob_scan.new_result()
-    index_result = _index_audit.new_result()
-    for blob_part, index_part in map_registries(scan, registries, processes):
-        merge_results(blob_result, blob_part)
-        merge_results(index_result, index_part)
-    return _blob_scan.finish_result(blob_result), _index_audit.finish_result(index_result)
+    def work(name, v2_root, active):
+        return scan_registry(name, v2_root, active[0], active[1], verify_digests)
+
+    plan = [(_blob_scan.analysis(), blob_registries), (_index_audit.analysis(), index_registries)]
+    blob, index = _driver.run_analyses(path, plan, work, processes, allow_incomplete, max_findings)
+    return blob, index
 
 
-def _scan_registry(name, v2_root, blob_names, index_names, verify_digests=False):
-    blob_result = _blob_scan.new_result()
-    index_result = _index_audit.new_result()
+def scan_registry(name, v2_root, blob_scan, index_audit, verify_digests=False):
+    """[blob scan part or None, index audit part or None] of one registry, in one walk."""
+    blob_result = _blob_scan.new_result() if blob_scan else None
+    index_result = _index_audit.new_result() if index_audit else None
 
     def scanners(blobs, errors):
         # The blob scan first: it hands every link it reads to the repository for the audit.
         made = []
-        if name in blob_names:
+        if blob_scan:
             made.append(_blob_scan.BlobScanner(name, blobs, errors, blob_result, verify_digests=verify_digests))
-        if name in index_names:
+        if index_audit:
             made.append(_index_audit.IndexAuditor(name, blobs, errors, index_result))
         return made
 
     walk_registry(name, v2_root, scanners)
-    return blob_result, index_result
+    return [blob_result, index_result]

@@ -5,34 +5,45 @@
 Per repository, the newest ``keep`` tags (by the mtime of the tag's current link, i.e. the
 last push) among those matching ``include`` and not ``exclude`` stay; older matching tags
 are untagged the way the registry untags (the tag directory goes). Tags that do not match
-are never touched.
+are never touched, nor is any tag or revision written less than ``grace_period`` seconds
+before the run started (a push in flight).
 
 With ``delete_untagged``, revision links of manifests that no remaining tag reaches (directly
 or as a child of a tagged index, at any depth) are removed, together with the repository's
 _layers links of blobs only those manifests used. This is what 2.8's
 ``garbage-collect --delete-untagged`` gets wrong for indexes; a plain ``garbage-collect``
-afterwards frees the data. A repository where any tag cannot be read is left alone.
+afterwards frees the data.
+
+A repository where any tag cannot be read (a symlinked or unopenable tag directory, a
+garbage current link), or -- with ``delete_untagged`` -- where anything reachable from a kept
+tag or a recent revision cannot be read or parsed, is skipped whole and listed in
+``skipped_repositories``: what it protects cannot be known, so nothing there is touched.
+Every change goes through the writer (_writer), under the registry's lock.
 """
 
 import os
 import re
 import time
 
-from ansible_collections.regwarden.registry.plugins.module_utils._repository import ManifestCache, iter_repository_links
+from ansible_collections.regwarden.registry.plugins.module_utils import _driver
+from ansible_collections.regwarden.registry.plugins.module_utils._manifest import InvalidManifest
+from ansible_collections.regwarden.registry.plugins.module_utils._repository import (
+    ManifestCache,
+    UnreadableManifest,
+    walk_registry,
+)
 from ansible_collections.regwarden.registry.plugins.module_utils._storage import (
     LINK_OK,
+    LINK_UNREADABLE,
     ScanError,
-    ScanErrors,
     close_fd,
     digest_of,
     open_subdir,
-    registry_storage,
-    remove_link_dir_at,
-    rmtree_at,
-    select_registries,
 )
+from ansible_collections.regwarden.registry.plugins.module_utils._writer import Changed, WriteRefused, race_point
 
 DEFAULT_REGISTRIES = ("private",)
+DEFAULT_GRACE_PERIOD = 3600
 
 
 class Policy:
@@ -84,143 +95,255 @@ def _policy_for(repo, default, policies):
     return default
 
 
-def cleanup_tags(path, keep, include=None, exclude=None, rules=None, registries=DEFAULT_REGISTRIES,
-                 delete_untagged=False, check_mode=False):
-    """Clean up tags in the registries under ``path``; see the registry_tag_cleanup module."""
-    default, policies = build_policies(keep, include, exclude, rules)
-    result = {
+def new_result():
+    return {
         "removed_tags": [],
         "removed_revisions": [],
         "removed_layer_links": [],
         "skipped_repositories": [],
         "scan_errors": [],
+        "incomplete_registries": [],
         "summary": {},
+        "registries": [],
     }
-    selected = select_registries(path, registries)
-    for name, v2_root in selected:
-        _cleanup_registry(name, v2_root, default, policies, delete_untagged, check_mode, result)
-    result["registries"] = [name for name, _v2_root in selected]
+
+
+def finish_result(result, mode):
+    result["registries"].sort()
     result["removed_tags"].sort(key=lambda f: (f["registry"], f["repo"], f["tag"]))
     result["removed_revisions"].sort(key=lambda f: (f["registry"], f["repo"], f["digest"]))
     result["removed_layer_links"].sort()
     result["skipped_repositories"].sort(key=lambda f: (f["registry"], f["repo"]))
     result["scan_errors"].sort(key=lambda f: (f["registry"], f["path"], f["error"]))
     result["changed"] = bool(result["removed_tags"] or result["removed_revisions"] or result["removed_layer_links"])
-    result["restart_required"] = result["changed"] and not check_mode
+    result["restart_required"] = result["changed"] and mode == _driver.APPLY
     return result
 
 
-def _cleanup_registry(name, v2_root, default, policies, delete_untagged, check_mode, result):
-    errors = ScanErrors(name)
-    counts = {"repositories": 0, "tags": 0, "kept_tags": 0, "removed_tags": 0, "removed_revisions": 0,
-              "removed_layer_links": 0}
-    with registry_storage(name, v2_root, errors) as (v2_fd, blobs):
-        cache = ManifestCache(blobs)
-        for repo_name, repo in iter_repository_links(v2_fd, v2_root, errors):
-            counts["repositories"] += 1
-            policy = _policy_for(repo_name, default, policies)
-            _cleanup_repository(name, repo_name, repo, policy, cache, delete_untagged, check_mode, result, counts)
-    result["summary"][name] = counts
-    result["scan_errors"].extend(errors.items)
+def cleanup_tags(path, keep, include=None, exclude=None, rules=None, registries=DEFAULT_REGISTRIES,
+                 delete_untagged=False, check_mode=False, grace_period=DEFAULT_GRACE_PERIOD, processes=None,
+                 allow_incomplete=False, max_findings=_driver.DEFAULT_MAX_FINDINGS, now=None):
+    """Clean up tags in the registries under ``path``; see the registry_tag_cleanup module.
+
+    ``grace_period``: seconds before the start of the run (``now``, default the clock) within
+    which a tag, revision or layer link written is never removed.
+    """
+    default, policies = build_policies(keep, include, exclude, rules)
+    if not isinstance(grace_period, int) or isinstance(grace_period, bool) or grace_period < 0:
+        raise ScanError("grace_period must be a whole number of seconds, 0 or more (got %r)" % (grace_period,))
+    cutoff = (time.time() if now is None else now) - grace_period
+    mode = _driver.mode_of(True, check_mode)
+
+    def work(name, v2_root, _active):
+        result = new_result()
+        with _driver.registry_writer(mode, name, v2_root, cutoff) as writer:
+            walk_registry(name, v2_root, lambda _blobs, errors: [
+                TagCleaner(name, _blobs, errors, result, writer, default, policies, delete_untagged, cutoff)])
+        return [result]
+
+    analysis = _driver.Analysis("tag_cleanup", new_result, lambda result: finish_result(result, mode))
+    return _driver.run_analyses(path, [(analysis, registries)], work, processes, allow_incomplete, max_findings)[0]
 
 
-def _cleanup_repository(name, repo_name, repo, policy, cache, delete_untagged, check_mode, result, counts):
-    tags = repo.read_tags(with_updated=True)
-    counts["tags"] += len(tags)
-    candidates = sorted(
-        (tag for tag, link in tags.items() if link.state == LINK_OK and policy.applies(tag)),
-        key=lambda tag: (tags[tag].updated, tag),
-        reverse=True,
-    )
-    doomed = candidates[policy.keep:]
-    counts["kept_tags"] += len(tags) - len(doomed)
-    if doomed:
-        tags_fd = open_subdir(repo.fd, ("_manifests", "tags"), repo.path, repo.errors)
+class _Skip(Exception):
+    """The repository cannot be cleaned up safely; the message says why."""
+
+
+class TagCleaner:
+    """The tag cleanup of one registry, fed one repository at a time by the shared walk."""
+
+    def __init__(self, name, blobs, errors, result, writer, default, policies, delete_untagged, cutoff):
+        self.name = name
+        self.errors = errors
+        self.result = result
+        self.writer = writer
+        self.default = default
+        self.policies = policies
+        self.delete_untagged = delete_untagged
+        self.cutoff = cutoff
+        self.cache = ManifestCache(blobs)
+        self.counts = {"repositories": 0, "tags": 0, "kept_tags": 0, "removed_tags": 0, "removed_revisions": 0,
+                       "removed_layer_links": 0}
+
+    def finish(self):
+        self.result["summary"][self.name] = self.counts
+        self.result["registries"].append(self.name)
+        self.result["scan_errors"].extend(self.errors.items)
+        if self.errors.incomplete:
+            self.result["incomplete_registries"].append(self.name)
+
+    def add_repository(self, repo_name, repo):
+        self.counts["repositories"] += 1
+        policy = _policy_for(repo_name, self.default, self.policies)
+        tags = repo.read_tags(with_updated=True)
+        self.counts["tags"] += len(tags)
         try:
-            for tag in sorted(doomed):
+            doomed = self._doomed_tags(repo, tags, policy)
+            plan = self._plan_untagged(repo, tags, doomed) if self.delete_untagged else None
+        except _Skip as exc:
+            self.result["skipped_repositories"].append({"registry": self.name, "repo": repo_name, "reason": str(exc)})
+            self.counts["kept_tags"] += len(tags)
+            return
+        removed = self._remove_tags(repo_name, repo, tags, doomed)
+        self.counts["kept_tags"] += len(tags) - removed
+        if plan is not None:
+            self._remove_untagged(repo_name, repo, *plan)
+
+    def _doomed_tags(self, repo, tags, policy):
+        if repo.tags_unreadable:
+            raise _Skip("the tags directory could not be read")
+        unreadable = sorted(tag for tag, link in tags.items() if link.state != LINK_OK)
+        if unreadable:
+            # Such a tag may protect manifests we cannot see: never guess.
+            raise _Skip("tags with an unreadable current link: %s" % ", ".join(unreadable))
+        candidates = sorted(
+            (tag for tag, link in tags.items() if policy.applies(tag)),
+            key=lambda tag: (tags[tag].updated, tag),
+            reverse=True,
+        )
+        return sorted(tag for tag in candidates[policy.keep:] if tags[tag].updated <= self.cutoff)
+
+    def _reachable(self, repo, roots, why):
+        """Manifests reached from ``roots`` (index children at any depth); _Skip when one cannot be read.
+
+        A child with neither a revision link nor blob data was never stored here (a cache fetches
+        only what was pulled): nothing of it can be unlinked, it is no obstacle.
+        """
+        cache = self.cache
+        reached = set()
+        stack = [(root, True) for root in sorted(roots)]
+        while stack:
+            hex_digest, is_root = stack.pop()
+            if hex_digest in reached:
+                continue
+            reached.add(hex_digest)
+            manifest = cache.get(hex_digest)
+            if manifest is ManifestCache.GONE:
+                if is_root or repo.revision_state(hex_digest)[0] != "missing":
+                    raise _Skip("manifest %s %s: its blob data is gone" % (digest_of(hex_digest), why))
+                continue
+            if isinstance(manifest, (InvalidManifest, UnreadableManifest)):
+                raise _Skip("manifest %s %s cannot be read: %s" % (digest_of(hex_digest), why, manifest))
+            if manifest.is_index:
+                stack.extend((child, False) for child in manifest.child_digests)
+        return reached
+
+    def _plan_untagged(self, repo, tags, doomed):
+        """(revisions to unlink, blobs whose _layers links to unlink), or _Skip."""
+        repo.load_revisions()
+        if repo.revisions_unreadable:
+            raise _Skip("the revisions directory could not be read")
+        unreadable = sorted(hex_digest for hex_digest, (state, _r) in repo.revisions.items()
+                            if state == LINK_UNREADABLE)
+        if unreadable:
+            raise _Skip("revision links that cannot be read: %s" % ", ".join(digest_of(h) for h in unreadable))
+        linked = {hex_digest for hex_digest, (state, _r) in repo.revisions.items() if state == LINK_OK}
+        kept_targets = {tags[tag].target for tag in tags if tag not in doomed}
+        keep = self._reachable(repo, kept_targets, "of a kept tag")
+        recent = self._recent_revisions(repo, linked - keep)
+        # A revision pushed within the grace period (an index with its children, perhaps) is kept whole.
+        keep |= self._reachable(repo, recent, "of a recent push")
+        untagged = sorted(linked - keep)
+        if not untagged:
+            return [], []
+        # Kept manifests without a revision link (orphan children awaiting repair) keep their blobs too.
+        remaining = (linked - set(untagged)) | keep
+        still_used = self._blobs_of(remaining) | remaining
+        freed = (self._blobs_of(untagged) | set(untagged)) - still_used
+        return untagged, sorted(freed)
+
+    def _recent_revisions(self, repo, candidates):
+        """The revisions among ``candidates`` whose link was written after the cutoff (or whose time is unknown)."""
+        if not candidates:
+            return set()
+        revisions_fd = open_subdir(repo.fd, ("_manifests", "revisions", "sha256"), repo.path, self.errors)
+        if revisions_fd is None:
+            raise _Skip("the revisions directory could not be read")
+        recent = set()
+        try:
+            for hex_digest in candidates:
+                try:
+                    mtime = os.stat(hex_digest + "/link", dir_fd=revisions_fd, follow_symlinks=False).st_mtime
+                except OSError:
+                    mtime = None  # unknown: treated as recent, never removed
+                if mtime is None or mtime > self.cutoff:
+                    recent.add(hex_digest)
+        finally:
+            close_fd(revisions_fd)
+        return recent
+
+    def _blobs_of(self, manifests):
+        used = set()
+        for hex_digest in manifests:
+            manifest = self.cache.get(hex_digest)
+            if hasattr(manifest, "blobs"):
+                used.update(blob for blob, _kind in manifest.blobs)
+        return used
+
+    def _remove_tags(self, repo_name, repo, tags, doomed):
+        if not doomed:
+            return 0
+        removed = 0
+        tags_dir = os.path.join(repo.path, "_manifests", "tags")
+        race_point("plan", "remove_tags", tags_dir)
+        tags_fd = open_subdir(repo.fd, ("_manifests", "tags"), repo.path, self.errors)
+        try:
+            for tag in doomed:
                 link = tags[tag]
-                if not check_mode:
-                    rmtree_at(tags_fd, tag)
-                result["removed_tags"].append({
-                    "registry": name,
+                path = os.path.join(tags_dir, tag)
+                if not self._change(path, "tag not removed", self.writer.remove_tag, tags_fd, tag, link.target, path):
+                    continue
+                self.result["removed_tags"].append({
+                    "registry": self.name,
                     "repo": repo_name,
                     "tag": tag,
                     "digest": digest_of(link.target),
-                    "path": os.path.dirname(os.path.dirname(link.path)),
+                    "path": path,
                     "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(link.updated)),
                 })
-                counts["removed_tags"] += 1
+                self.counts["removed_tags"] += 1
+                removed += 1
         finally:
             close_fd(tags_fd)
-    if not delete_untagged:
-        return
-    unreadable = sorted(tag for tag, link in tags.items() if link.state != LINK_OK)
-    if unreadable:
-        # Such a tag may protect manifests we cannot see: never guess.
-        result["skipped_repositories"].append({
-            "registry": name, "repo": repo_name,
-            "reason": "tags with an unreadable current link: %s" % ", ".join(unreadable),
-        })
-        return
-    kept_targets = {tags[tag].target for tag in tags if tag not in doomed}
-    _delete_untagged(name, repo_name, repo, cache, kept_targets, check_mode, result, counts)
+        return removed
 
+    def _remove_untagged(self, repo_name, repo, untagged, freed):
+        race_point("plan", "remove_revisions", repo.revisions_dir)
+        revisions_fd = open_subdir(repo.fd, ("_manifests", "revisions", "sha256"), repo.path, self.errors) \
+            if untagged else None
+        try:
+            for hex_digest in untagged:
+                path = repo.revision_path(hex_digest)
+                if self._change(path, "revision link not removed", self.writer.remove_link, revisions_fd, hex_digest,
+                                path):
+                    self.result["removed_revisions"].append({
+                        "registry": self.name, "repo": repo_name, "digest": digest_of(hex_digest), "path": path,
+                    })
+                    self.counts["removed_revisions"] += 1
+        finally:
+            close_fd(revisions_fd)
+        freed = [hex_digest for hex_digest in freed if repo.layer_state(hex_digest)[0] == LINK_OK]
+        race_point("plan", "remove_layer_links", repo.layers_dir)
+        layers_fd = open_subdir(repo.fd, ("_layers", "sha256"), repo.path, self.errors) if freed else None
+        try:
+            for hex_digest in freed:
+                path = repo.layer_path(hex_digest)
+                if self._change(path, "layer link not removed", self.writer.remove_link, layers_fd, hex_digest, path):
+                    self.result["removed_layer_links"].append(path)
+                    self.counts["removed_layer_links"] += 1
+        finally:
+            close_fd(layers_fd)
 
-def _reachable(cache, roots):
-    """Manifests reached from ``roots``: themselves and index children at any depth."""
-    reached = set()
-    stack = list(roots)
-    while stack:
-        hex_digest = stack.pop()
-        if hex_digest in reached:
-            continue
-        reached.add(hex_digest)
-        manifest = cache.get(hex_digest)
-        if getattr(manifest, "is_index", False):
-            stack.extend(manifest.child_digests)
-    return reached
-
-
-def _blobs_of(cache, manifests):
-    used = set()
-    for hex_digest in manifests:
-        manifest = cache.get(hex_digest)
-        if hasattr(manifest, "blobs"):
-            used.update(blob for blob, _kind in manifest.blobs)
-    return used
-
-
-def _delete_untagged(name, repo_name, repo, cache, kept_targets, check_mode, result, counts):
-    repo.load_revisions()
-    linked = {hex_digest for hex_digest, (state, _r) in repo.revisions.items() if state == LINK_OK}
-    keep = _reachable(cache, kept_targets)
-    untagged = sorted(linked - keep)
-    if not untagged:
-        return
-    # Kept manifests without a revision link (orphan children awaiting repair) keep their blobs too.
-    remaining = (linked - set(untagged)) | keep
-    still_used = _blobs_of(cache, remaining) | remaining
-    freed = (_blobs_of(cache, untagged) | set(untagged)) - still_used
-    revisions_fd = open_subdir(repo.fd, ("_manifests", "revisions", "sha256"), repo.path, repo.errors)
-    try:
-        for hex_digest in untagged:
-            if check_mode or remove_link_dir_at(revisions_fd, hex_digest):
-                result["removed_revisions"].append({
-                    "registry": name, "repo": repo_name, "digest": digest_of(hex_digest),
-                    "path": repo.revision_path(hex_digest),
-                })
-                counts["removed_revisions"] += 1
-    finally:
-        close_fd(revisions_fd)
-    layers_fd = open_subdir(repo.fd, ("_layers", "sha256"), repo.path, repo.errors)
-    if layers_fd is None:
-        return
-    try:
-        for hex_digest in sorted(freed):
-            if repo.layer_state(hex_digest)[0] != LINK_OK:
-                continue
-            if check_mode or remove_link_dir_at(layers_fd, hex_digest):
-                result["removed_layer_links"].append(repo.layer_path(hex_digest))
-                counts["removed_layer_links"] += 1
-    finally:
-        close_fd(layers_fd)
+    def _change(self, path, what, operation, *args):
+        """Run one writer operation; True when done (or would be). Refusals and failures are scan errors."""
+        try:
+            operation(*args)
+        except Changed:
+            return False  # changed since the scan or too recent: left alone
+        except WriteRefused as exc:
+            self.errors.add(path, "%s: %s" % (what, exc))
+            return False
+        except OSError as exc:
+            self.errors.add(path, "%s: %s" % (what, exc.strerror or exc))
+            return False
+        return True

@@ -25,22 +25,18 @@ description:
 author:
   - regwarden maintainers (!UNKNOWN)
 options:
-  path:
-    description:
-      - Directory holding one directory per registry, each with C(docker/registry/v2) inside
-        (C(<path>/<name>/docker/registry/v2)).
-      - If O(path) itself contains C(docker/registry/v2), it is one registry named after the directory.
-    type: path
-    default: /opt/registry/data
   registries:
     description:
-      - Names of the registries to scan. Default is every registry under O(path).
-      - A name that does not exist under O(path) fails the task.
+      - Names of the registries to scan. Default is every registry with stored data under O(path).
+      - A name that does not exist under O(path) fails the task (see O(allow_incomplete)).
     type: list
     elements: str
   remove_orphans:
     description:
       - Remove the orphan layer links found. Report only when V(false).
+      - Each link is checked again right before it goes, through a descriptor of its own directory;
+        the run holds the registry's lock (flock on C(<path>/<name>)), so it never overlaps the
+        maintenance timers or another run, and fails at once when the lock is held.
     type: bool
     default: false
   verify_digests:
@@ -49,13 +45,10 @@ options:
       - Reads all blob data, an expensive scrub.
     type: bool
     default: false
-  fail_on_findings:
-    description:
-      - Fail the task when any finding is reported. The findings stay in the result.
-    type: bool
-    default: false
 extends_documentation_fragment:
   - regwarden.registry.attributes
+  - regwarden.registry.storage
+  - regwarden.registry.storage.findings
 attributes:
   check_mode:
     support: full
@@ -160,10 +153,17 @@ restart_required:
   returned: success
   type: bool
 scan_errors:
-  description: Places the scan could not read (permission denied, symlinks not followed).
+  description: Places the scan could not read, so did not judge (permission denied, symlinks, FIFOs).
   returned: success
   type: list
   elements: dict
+incomplete_registries:
+  description: Registries the scan could not read whole (see O(allow_incomplete)).
+  returned: success
+  type: list
+  elements: str
+totals: {description: "Entries of each result list before O(max_findings) cut it.", returned: success, type: dict}
+truncated: {description: Result lists cut at O(max_findings) entries., returned: success, type: list, elements: str}
 summary:
   description: Counts per registry.
   returned: success
@@ -185,43 +185,29 @@ from ansible_collections.regwarden.registry.plugins.module_utils._blob_scan impo
     scan_blobs,
 )
 from ansible_collections.regwarden.registry.plugins.module_utils._module_result import (
-    exit_with_facts,
+    lines_diff,
+    run_storage_module,
+    storage_argument_spec,
 )
-from ansible_collections.regwarden.registry.plugins.module_utils._storage import ScanError
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            path=dict(type="path", default="/opt/registry/data"),
+        argument_spec=storage_argument_spec(
             registries=dict(type="list", elements="str"),
             remove_orphans=dict(type="bool", default=False),
             verify_digests=dict(type="bool", default=False),
-            fail_on_findings=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
     params = module.params
-    try:
-        result = scan_blobs(
-            params["path"],
-            registries=params["registries"],
-            remove_orphans=params["remove_orphans"],
-            verify_digests=params["verify_digests"],
-            check_mode=module.check_mode,
-        )
-    except ScanError as exc:
-        module.fail_json(msg=str(exc))
-    diff = None
-    if module._diff and result["removed_links"]:
-        diff = {
-            "before_header": "orphan layer links",
-            "after_header": "orphan layer links",
-            "before": "".join(path + "\n" for path in result["removed_links"]),
-            "after": "",
-        }
-    exit_with_facts(module, "registry_blob_scan", result, count_findings(result),
-                    params["fail_on_findings"], diff)
+    run_storage_module(
+        module, "registry_blob_scan",
+        lambda: scan_blobs(params["path"], registries=params["registries"], remove_orphans=params["remove_orphans"],
+                           verify_digests=params["verify_digests"], check_mode=module.check_mode,
+                           allow_incomplete=params["allow_incomplete"], max_findings=params["max_findings"]),
+        count_findings, params["fail_on_findings"],
+        lambda result: lines_diff("orphan layer links", removed=result["removed_links"]))
 
 
 if __name__ == "__main__":

@@ -32,18 +32,12 @@ description:
 author:
   - regwarden maintainers (!UNKNOWN)
 options:
-  path:
-    description:
-      - Directory holding one directory per registry (C(<path>/<name>/docker/registry/v2)).
-      - If O(path) itself contains C(docker/registry/v2), it is one registry named after the directory.
-    type: path
-    default: /opt/registry/data
   registries:
     description:
       - Names of the registries to audit.
       - Pull-through caches hold partial indexes by design (only what was pulled), so the
         default is the private registry only.
-      - A name that does not exist under O(path) fails the task.
+      - A name that does not exist under O(path) fails the task (see O(allow_incomplete)).
     type: list
     elements: str
     default: [private]
@@ -51,16 +45,15 @@ options:
     description:
       - Relink repairable orphan index children (see above). Restart the registry afterwards
         (RV(restart_required)) so its descriptor cache sees the links.
-    type: bool
-    default: false
-  fail_on_findings:
-    description:
-      - Fail the task when any finding is still standing (a child repaired by this run does not
-        count). The findings stay in the result.
+      - Every link of a child is checked (no symlinked directory on the way, no invalid link file in
+        the way) before the first is written; the run holds the registry's lock.
+      - A child listed many times by one index is one finding (and one repair).
     type: bool
     default: false
 extends_documentation_fragment:
   - regwarden.registry.attributes
+  - regwarden.registry.storage
+  - regwarden.registry.storage.findings
 attributes:
   check_mode:
     support: full
@@ -178,10 +171,17 @@ restart_required:
   returned: success
   type: bool
 scan_errors:
-  description: Places the audit could not read (permission denied, symlinks not followed).
+  description: Places the audit could not read, so did not judge (permission denied, symlinks, FIFOs).
   returned: success
   type: list
   elements: dict
+incomplete_registries:
+  description: Registries the audit could not read whole (see O(allow_incomplete)).
+  returned: success
+  type: list
+  elements: str
+totals: {description: "Entries of each result list before O(max_findings) cut it.", returned: success, type: dict}
+truncated: {description: Result lists cut at O(max_findings) entries., returned: success, type: list, elements: str}
 summary:
   description: Counts per registry.
   returned: success
@@ -203,37 +203,28 @@ from ansible_collections.regwarden.registry.plugins.module_utils._index_audit im
     count_findings,
 )
 from ansible_collections.regwarden.registry.plugins.module_utils._module_result import (
-    exit_with_facts,
+    lines_diff,
+    run_storage_module,
+    storage_argument_spec,
 )
-from ansible_collections.regwarden.registry.plugins.module_utils._storage import ScanError
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            path=dict(type="path", default="/opt/registry/data"),
+        argument_spec=storage_argument_spec(
             registries=dict(type="list", elements="str", default=list(DEFAULT_REGISTRIES)),
             repair=dict(type="bool", default=False),
-            fail_on_findings=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
     params = module.params
-    try:
-        result = audit_indexes(params["path"], registries=params["registries"], repair=params["repair"],
-                               check_mode=module.check_mode)
-    except ScanError as exc:
-        module.fail_json(msg=str(exc))
-    diff = None
-    if module._diff and result["repaired_links"]:
-        diff = {
-            "before_header": "index child links",
-            "after_header": "index child links",
-            "before": "",
-            "after": "".join(path + "\n" for path in result["repaired_links"]),
-        }
-    exit_with_facts(module, "registry_index_audit", result, count_findings(result),
-                    params["fail_on_findings"], diff)
+    run_storage_module(
+        module, "registry_index_audit",
+        lambda: audit_indexes(params["path"], registries=params["registries"], repair=params["repair"],
+                              check_mode=module.check_mode, allow_incomplete=params["allow_incomplete"],
+                              max_findings=params["max_findings"]),
+        count_findings, params["fail_on_findings"],
+        lambda result: lines_diff("index child links", added=result["repaired_links"]))
 
 
 if __name__ == "__main__":

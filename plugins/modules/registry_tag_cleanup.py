@@ -18,19 +18,20 @@ description:
     repository's C(_layers) links of blobs only those manifests used. A plain
     C(registry garbage-collect) afterwards frees their data. Unlike 2.8's
     C(garbage-collect --delete-untagged), a child of a kept index always keeps its revision link.
-  - A repository where some tag's current link cannot be read is never touched by
-    O(delete_untagged) (reported in RV(skipped_repositories)).
+  - A repository where some tag cannot be read (a symlinked or unopenable tag directory, a
+    garbage current link) is never touched, and with O(delete_untagged) neither is one where
+    anything a kept tag reaches (an index, its children) cannot be read or parsed, since what it
+    protects cannot be known. Such repositories are listed in RV(skipped_repositories).
+  - Nothing written less than O(grace_period) seconds before the run started (a tag, a revision,
+    a C(_layers) link) is removed, and every removal is checked again right before it happens;
+    the run holds the registry's lock (flock on C(<path>/<name>)), which the maintenance timers
+    take too.
   - Run it while the registry is read-only or stopped (a push in flight could reuse a blob whose
     link is being removed), then restart the registry (RV(restart_required)). The role's
     maintenance timer does exactly that.
 author:
   - regwarden maintainers (!UNKNOWN)
 options:
-  path:
-    description:
-      - Directory holding one directory per registry (C(<path>/<name>/docker/registry/v2)).
-    type: path
-    default: /opt/registry/data
   registries:
     description:
       - Names of the registries to clean up. Pull-through caches manage their own content.
@@ -75,8 +76,14 @@ options:
       - Also remove the revision links of manifests no remaining tag reaches (see above).
     type: bool
     default: false
+  grace_period:
+    description:
+      - Seconds before the start of the run within which anything written (a push) is never removed.
+    type: int
+    default: 3600
 extends_documentation_fragment:
   - regwarden.registry.attributes
+  - regwarden.registry.storage
 attributes:
   check_mode:
     support: full
@@ -149,10 +156,17 @@ restart_required:
   returned: success
   type: bool
 scan_errors:
-  description: Places that could not be read (permission denied, symlinks not followed).
+  description: Places the cleanup could not read, so did not judge (permission denied, symlinks, FIFOs).
   returned: success
   type: list
   elements: dict
+incomplete_registries:
+  description: Registries the cleanup could not read whole (see O(allow_incomplete)).
+  returned: success
+  type: list
+  elements: str
+totals: {description: "Entries of each result list before O(max_findings) cut it.", returned: success, type: dict}
+truncated: {description: Result lists cut at O(max_findings) entries., returned: success, type: list, elements: str}
 summary:
   description: Counts per registry.
   returned: success
@@ -168,18 +182,28 @@ ansible_facts:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.regwarden.registry.plugins.module_utils._module_result import exit_with_facts
-from ansible_collections.regwarden.registry.plugins.module_utils._storage import ScanError
+from ansible_collections.regwarden.registry.plugins.module_utils._module_result import (
+    lines_diff,
+    run_storage_module,
+    storage_argument_spec,
+)
 from ansible_collections.regwarden.registry.plugins.module_utils._tag_cleanup import (
+    DEFAULT_GRACE_PERIOD,
     DEFAULT_REGISTRIES,
     cleanup_tags,
 )
 
 
+def _diff(result):
+    removed = ["%s/%s:%s" % (f["registry"], f["repo"], f["tag"]) for f in result["removed_tags"]]
+    removed += ["%s/%s@%s" % (f["registry"], f["repo"], f["digest"]) for f in result["removed_revisions"]]
+    return lines_diff("tags and manifests", removed=removed)
+
+
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            path=dict(type="path", default="/opt/registry/data"),
+        argument_spec=storage_argument_spec(
+            fail_on_findings=False,
             registries=dict(type="list", elements="str", default=list(DEFAULT_REGISTRIES)),
             keep=dict(type="int", default=10),
             include=dict(type="str"),
@@ -191,25 +215,20 @@ def main():
                 exclude=dict(type="str"),
             )),
             delete_untagged=dict(type="bool", default=False),
+            grace_period=dict(type="int", default=DEFAULT_GRACE_PERIOD),
         ),
         supports_check_mode=True,
     )
     params = module.params
     # Suboptions come back with None for what a rule does not set: let the defaults apply.
     rules = [{key: value for key, value in rule.items() if value is not None} for rule in params["rules"] or []]
-    try:
-        result = cleanup_tags(params["path"], params["keep"], include=params["include"], exclude=params["exclude"],
-                              rules=rules, registries=params["registries"],
-                              delete_untagged=params["delete_untagged"], check_mode=module.check_mode)
-    except ScanError as exc:
-        module.fail_json(msg=str(exc))
-    diff = None
-    if module._diff and result["changed"]:
-        removed = ["%s/%s:%s\n" % (f["registry"], f["repo"], f["tag"]) for f in result["removed_tags"]]
-        removed += ["%s/%s@%s\n" % (f["registry"], f["repo"], f["digest"]) for f in result["removed_revisions"]]
-        diff = {"before_header": "tags and manifests", "after_header": "tags and manifests",
-                "before": "".join(removed), "after": ""}
-    exit_with_facts(module, "registry_tag_cleanup", result, 0, False, diff)
+    run_storage_module(
+        module, "registry_tag_cleanup",
+        lambda: cleanup_tags(params["path"], params["keep"], include=params["include"], exclude=params["exclude"],
+                             rules=rules, registries=params["registries"], delete_untagged=params["delete_untagged"],
+                             check_mode=module.check_mode, grace_period=params["grace_period"],
+                             allow_incomplete=params["allow_incomplete"], max_findings=params["max_findings"]),
+        diff=_diff)
 
 
 if __name__ == "__main__":

@@ -119,7 +119,8 @@ def test_tag_cleanup_then_gc_keeps_every_kept_tag_whole_and_frees_the_rest(regis
         link = storage.tag_current_link(registry.v2, "team/app", tag)
         os.utime(link, (1_700_000_000 + age * 60,) * 2)
 
-    args = {"path": str(registry.data_dir), "keep": 3, "exclude": "latest|legacy", "delete_untagged": True}
+    args = {"path": str(registry.data_dir), "keep": 3, "exclude": "latest|legacy", "delete_untagged": True,
+            "grace_period": 0}  # the pushes are seconds old
     before = storage.snapshot(registry.data_dir)
     check = run_module("regwarden.registry.registry_tag_cleanup", args, check=True, diff=True)
     assert not check.failed, check.result
@@ -154,3 +155,38 @@ def test_tag_cleanup_then_gc_keeps_every_kept_tag_whole_and_frees_the_rest(regis
     assert audit.result["findings"] == 0, audit.result
     again = run_module("regwarden.registry.registry_tag_cleanup", args)
     assert again.result["changed"] is False
+
+
+def test_cleanup_and_gc_never_free_the_children_of_a_kept_index_whose_blob_cannot_be_read(registry):
+    """A kept tag's index blob truncated (a half-written file, a bad disk): its children must survive
+    tag cleanup with delete_untagged and the real GC, and pull again once the blob is restored."""
+    client = RegistryClient(registry.url)
+    old = make_multiarch("old-release")
+    kept = make_multiarch("kept-release", attestations=True)
+    client.push("team/app", old, "old")
+    client.push("team/app", kept, "kept")
+    for age, tag in enumerate(["old", "kept"]):
+        os.utime(storage.tag_current_link(registry.v2, "team/app", tag), (1_700_000_000 + age * 60,) * 2)
+    index_data = storage.blob_data(registry.v2, kept.digest)
+    content = index_data.read_bytes()
+    index_data.write_bytes(content[: len(content) // 2])
+
+    before = storage.snapshot(registry.data_dir)
+    run = run_module("regwarden.registry.registry_tag_cleanup",
+                     {"path": str(registry.data_dir), "keep": 1, "delete_untagged": True, "grace_period": 0})
+    assert not run.failed, run.result
+    assert run.result["changed"] is False
+    [skipped] = run.result["skipped_repositories"]
+    assert skipped["repo"] == "team/app" and kept.digest in skipped["reason"]
+    assert storage.snapshot(registry.data_dir) == before  # the whole repository was left alone
+
+    registry.stop()
+    registry.garbage_collect(check=False)  # whatever GC makes of the truncated index, it runs for real
+    index_data.write_bytes(content)
+    registry.start()
+    for tag, image in (("kept", kept), ("old", old)):
+        report = client.pull("team/app", tag)
+        assert report.ok, (tag, report.problems)
+        assert report.manifests == 1 + len(image.children)
+    for child in kept.children:
+        assert client.pull("team/app", child.digest).ok

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 from pathlib import Path
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -208,6 +209,8 @@ def snapshot(root):
                 elif entry.is_dir():
                     entries[rel] = ("dir",)
                     stack.append(entry.path)
+                elif not entry.is_file():
+                    entries[rel] = ("special", stat.S_IFMT(entry.stat(follow_symlinks=False).st_mode))  # a FIFO
                 else:
                     with open(entry.path, "rb") as handle:
                         entries[rel] = ("file", sha256_hex(handle.read()))

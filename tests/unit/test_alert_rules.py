@@ -19,6 +19,7 @@ METRIC_NAME = re.compile(r"\bregwarden_[a-z_]+\b")
 EXPECTED_ALERTS = {
     "RegistryIntegrityFindings", "RegistryCacheIntegrityFindings", "RegistryScanFailed", "RegistryScanStale",
     "RegistryProbeStale", "RegistryProbeFailed", "RegistryProbeFindings", "RegistryCatalogUnreachable",
+    "RegistryScanErrors", "RegistryNotScanned",
 }
 
 
@@ -65,6 +66,7 @@ def rules():
 def test_every_alert_expression_uses_only_metrics_the_cli_writes(prom_files):
     written = written_metric_names(prom_files)
     assert {"regwarden_scan_findings", "regwarden_scan_success", "regwarden_scan_last_run_timestamp_seconds",
+            "regwarden_scan_errors", "regwarden_scan_registry_scanned",
             "regwarden_probe_success", "regwarden_probe_last_run_timestamp_seconds",
             "regwarden_probe_last_success_timestamp_seconds", "regwarden_probe_findings",
             "regwarden_probe_catalog_reachable", "regwarden_probe_duration_seconds"} == written
@@ -112,6 +114,10 @@ def test_alerts_fire_on_the_series_they_are_meant_for(tmp_path):
                 # Last success at t=0 s, never again: stale after an hour.
                 {"series": 'regwarden_probe_last_success_timestamp_seconds{instance="vm"}', "values": "0x90"},
                 {"series": 'regwarden_probe_success{instance="vm"}', "values": "1x90"},
+                {"series": 'regwarden_scan_errors{instance="vm",registry="private"}', "values": "0x5 3x20"},
+                {"series": 'regwarden_scan_errors{instance="vm",registry="dockerhub"}', "values": "0x30"},
+                {"series": 'regwarden_scan_registry_scanned{instance="vm",registry="private"}', "values": "1x30"},
+                {"series": 'regwarden_scan_registry_scanned{instance="vm",registry="ghcr"}', "values": "0x30"},
             ],
             "alert_rule_test": [
                 {"eval_time": "10m", "alertname": "RegistryIntegrityFindings", "exp_alerts": [
@@ -127,6 +133,11 @@ def test_alerts_fire_on_the_series_they_are_meant_for(tmp_path):
                     {"exp_labels": {"severity": "info", "instance": "vm", "registry": "dockerhub",
                                     "kind": "orphan_layer_links"}}]},
                 {"eval_time": "70m", "alertname": "RegistryProbeFailed", "exp_alerts": []},
+                {"eval_time": "4m", "alertname": "RegistryScanErrors", "exp_alerts": []},
+                {"eval_time": "15m", "alertname": "RegistryScanErrors", "exp_alerts": [
+                    {"exp_labels": {"severity": "warning", "instance": "vm", "registry": "private"}}]},
+                {"eval_time": "15m", "alertname": "RegistryNotScanned", "exp_alerts": [
+                    {"exp_labels": {"severity": "critical", "instance": "vm", "registry": "ghcr"}}]},
             ],
         }],
     }

@@ -1,5 +1,6 @@
 """registry_blob_scan logic: one test per finding class and per bad input, on tmp trees."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -8,8 +9,8 @@ from collections import Counter
 import pytest
 from storage_tree import EMPTY_HEX, deny_access, digest, sha256_hex, snapshot
 
-from ansible_collections.regwarden.registry.plugins.module_utils import _blob_scan
-from ansible_collections.regwarden.registry.plugins.module_utils._blob_scan import scan_blobs
+from ansible_collections.regwarden.registry.plugins.module_utils import _blob_scan, _repository, _writer
+from ansible_collections.regwarden.registry.plugins.module_utils._blob_scan import count_findings, scan_blobs
 from ansible_collections.regwarden.registry.plugins.module_utils._storage import (
     BlobStore,
     ScanError,
@@ -73,7 +74,6 @@ def _data_is_a_symlink(tree, hex_digest, tmp_path):
     pytest.param(_data_gone, "blob data missing", id="data-file-gone"),
     pytest.param(_blob_dir_gone, "blob directory missing", id="blob-dir-gone"),
     pytest.param(_data_is_a_directory, "blob data is not a regular file", id="data-is-a-directory"),
-    pytest.param(_data_is_a_symlink, "blob data is not a regular file", id="data-is-a-symlink"),
 ])
 def test_orphan_layer_link(private, storage, tmp_path, damage, reason):
     private.push_image("app", "one", tags=["v1"])
@@ -92,6 +92,24 @@ def test_orphan_layer_link(private, storage, tmp_path, damage, reason):
     assert result["summary"]["private"]["orphan_layer_links"] == 1
     assert result["changed"] is False
     assert private.layer_link_path("app", layer).is_file()  # report only by default
+
+
+@pytest.mark.parametrize("damage", [
+    pytest.param(_data_is_a_symlink, id="data-is-a-symlink"),
+    pytest.param(lambda tree, hex_digest, tmp_path: (tree.remove_data(hex_digest),
+                                                     os.mkfifo(tree.data_path(hex_digest))), id="data-is-a-fifo"),
+])
+def test_blob_data_the_registry_might_serve_is_not_judged_never_removed(private, storage, tmp_path, damage):
+    # The registry follows a symlinked data file (and would serve it): unreadable to us is "not
+    # judged", a scan error, never an orphan whose link remove_orphans would delete.
+    private.push_image("app", "one", tags=["v1"])
+    layer = private.push_blob("app", b"served through a symlink")
+    damage(private, layer, tmp_path)
+    result = scan_blobs(str(storage), remove_orphans=True, allow_incomplete=True)
+    assert result["orphan_layer_links"] == result["removed_links"] == []
+    assert [e["path"] for e in result["scan_errors"]] == [str(private.data_path(layer))]
+    assert private.layer_link_path("app", layer).is_file()
+    assert count_findings(result) == 1  # the scan error counts for fail_on_findings
 
 
 def test_revision_link_with_data_gone_is_not_an_orphan_layer_link(private, storage):
@@ -274,7 +292,8 @@ def test_verify_digests_skips_symlinked_and_missing_data(private, storage, tmp_p
     private.remove_data(gone)
     result = scan_blobs(str(storage), verify_digests=True)
     assert result["corrupt_blobs"] == []
-    assert sorted(f["digest"] for f in result["orphan_layer_links"]) == sorted([digest(layer), digest(gone)])
+    assert [f["digest"] for f in result["orphan_layer_links"]] == [digest(gone)]
+    assert {e["path"] for e in result["scan_errors"]} == {str(private.data_path(layer))}
 
 
 # -- remove_orphans ------------------------------------------------------------------------
@@ -369,13 +388,12 @@ def test_orphan_repaired_between_scan_and_removal_is_left_alone(private, storage
     layer = private.push_blob("app", b"comes back")
     content = private.data_path(layer).read_bytes()
     private.remove_data(layer)
-    original = _blob_scan._remove_orphan
 
-    def restore_then_remove(*args, **kwargs):
-        private.data_path(layer).write_bytes(content)  # e.g. a push re-uploaded the blob meanwhile
-        return original(*args, **kwargs)
+    def restore_before_removal(stage, operation, path):
+        if stage == "open":
+            private.data_path(layer).write_bytes(content)  # e.g. a push re-uploaded the blob meanwhile
 
-    monkeypatch.setattr(_blob_scan, "_remove_orphan", restore_then_remove)
+    monkeypatch.setattr(_writer, "RACE_HOOK", restore_before_removal)
     result = scan_blobs(str(storage), remove_orphans=True)
     assert [f["digest"] for f in result["orphan_layer_links"]] == [digest(layer)]
     assert result["removed_links"] == []
@@ -406,11 +424,11 @@ def test_remove_orphan_checks_again_right_before_removing(private, repair, remov
         link_path.write_text(digest(sha256_hex(b"other")))
     elif repair == "gone":
         shutil.rmtree(link_path.parent)
-    result = {"removed_links": []}
-    counts = Counter()
+    result = _blob_scan.new_result()
+    scanner = _blob_scan.BlobScanner("private", blobs, errors, result, _writer.StorageWriter(apply=True))
     dir_fd = open_dir(str(layers_dir))
     try:
-        _blob_scan._remove_orphan(dir_fd, layer, str(link_path), blobs, result, counts, errors, False)
+        scanner._remove_orphan(dir_fd, layer, str(link_path))
     finally:
         os.close(dir_fd)
         blobs.close()
@@ -499,8 +517,12 @@ def test_remove_orphans_never_follows_a_symlinked_directory_out_of_path(private,
     outside_link.write_text(digest(hex_digest))
     symlink = make_symlink(private, outside)
     outside_before = snapshot(outside)
-    result = scan_blobs(str(storage), remove_orphans=True)
+    # A symlinked repositories/ is a registry-level error: without allow_incomplete the scan fails.
+    with pytest.raises(ScanError) if symlink.name == "repositories" else contextlib.nullcontext():
+        scan_blobs(str(storage), remove_orphans=True)
+    result = scan_blobs(str(storage), remove_orphans=True, allow_incomplete=True)
     assert snapshot(outside) == outside_before
+    assert result["incomplete_registries"] == (["private"] if symlink.name == "repositories" else [])
     assert result["removed_links"] == []
     assert result["orphan_layer_links"] == []
     assert str(symlink) in json.dumps(result["scan_errors"])
@@ -580,12 +602,14 @@ def test_unreadable_links_dir_is_a_scan_error(private, storage, monkeypatch):
     assert result["orphan_layer_links"] == result["removed_links"] == []
 
 
-def test_unreadable_link_file_is_invalid(private, storage, monkeypatch):
+def test_unreadable_link_file_is_a_scan_error_not_damage(private, storage, monkeypatch):
     layer = private.push_blob("app", b"layer")
+    private.remove_data(layer)  # an orphan, if the link could be read
     deny_access(monkeypatch, private.layer_link_path("app", layer))
-    result = scan_blobs(str(storage))
-    assert [(f["digest"], f["reason"]) for f in result["invalid_link_files"]] == [
-        (digest(layer), "link file unreadable: Permission denied")]
+    result = scan_blobs(str(storage), remove_orphans=True)
+    assert result["invalid_link_files"] == result["orphan_layer_links"] == result["removed_links"] == []
+    assert result["scan_errors"] == [{"registry": "private", "path": str(private.layer_link_path("app", layer)),
+                                      "error": "link file unreadable: Permission denied; not judged"}]
 
 
 def test_unreadable_blob_store_is_a_clear_error_not_a_traceback(private, storage, monkeypatch):
@@ -621,13 +645,13 @@ def test_repo_removed_while_scanned(private, storage, monkeypatch):
 def test_link_removed_between_listing_and_reading(private, storage, monkeypatch):
     layer = private.push_blob("app", b"layer")
     private.remove_data(layer)
-    original = _blob_scan.read_link_at
+    original = _repository.read_link_at
 
     def vanish_then_read(dir_fd, rel_path, expected_hex):
         shutil.rmtree(private.layer_link_path("app", layer).parent)
         return original(dir_fd, rel_path, expected_hex)
 
-    monkeypatch.setattr(_blob_scan, "read_link_at", vanish_then_read)
+    monkeypatch.setattr(_repository, "read_link_at", vanish_then_read)
     result = scan_blobs(str(storage), remove_orphans=True)
     assert findings(result) == no_findings()
     assert result["scan_errors"] == []

@@ -20,6 +20,7 @@ def test_cleanup_keeps_newest_and_writes_a_report(private, storage, tmp_path, ca
     report = tmp_path / "cleanup.json"
     code = _cli.main(["tag-cleanup", "--path", str(storage), "--keep", "2", "--exclude", "latest",
                       "--rules", json.dumps([{"repository": "ci/.*", "keep": 1}]), "--delete-untagged",
+                      "--grace-period", "0",
                       "--report", str(report)])
     assert code == _cli.EXIT_CLEAN
     result = json.loads(report.read_text())
@@ -33,7 +34,7 @@ def test_cleanup_keeps_newest_and_writes_a_report(private, storage, tmp_path, ca
     (["--keep", "0"], "keep must be a whole number of at least 1"),
     (["--rules", "{not json"], "--rules is not valid JSON"),
     (["--rules", "{}"], "--rules must be a JSON list"),
-    (["--registries", "nowhere"], "registry nowhere not found"),
+    (["--registries", "nowhere"], "could not read or change everything"),
 ])
 def test_bad_input_exits_2_with_a_message(private, storage, capsys, args, message):
     push_aged(private, "app", ["1"])

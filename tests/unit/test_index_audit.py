@@ -488,14 +488,14 @@ def test_repo_removed_while_audited(private, storage, monkeypatch):
     for repo in ("a", "b"):
         _index, (amd, _arm) = private.push_multiarch(repo, "multi", tags=["v1"])
         private.delete_revision(repo, amd)
-    original = _index_audit._audit_repository
+    original = _index_audit.IndexAuditor.add_repository
 
-    def remove_b_first(name, repo_name, *args):
+    def remove_b_first(self, repo_name, repo):
         if repo_name == "b":
             shutil.rmtree(private.repo_dir("b"))
-        return original(name, repo_name, *args)
+        return original(self, repo_name, repo)
 
-    monkeypatch.setattr(_index_audit, "_audit_repository", remove_b_first)
+    monkeypatch.setattr(_index_audit.IndexAuditor, "add_repository", remove_b_first)
     result = audit_indexes(str(storage))
     assert [f["repo"] for f in result["orphan_index_children"]] == ["a"]
     assert result["scan_errors"] == []

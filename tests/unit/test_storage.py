@@ -76,12 +76,16 @@ def test_unknown_registry_name_is_a_scan_error_naming_what_exists(make_registry,
     with pytest.raises(ScanError) as raised:
         scan(str(storage), registries=["private", "ghcr"])
     message = str(raised.value)
-    assert "ghcr, private not found" in message
+    assert "registry ghcr not found" in message and "registry private not found" in message
     assert "registries there: dockerhub" in message
+    # Allowed to be incomplete: both named as incomplete, the scan of what exists stands.
+    result = scan(str(storage), registries=["private", "ghcr", "dockerhub"], allow_incomplete=True)
+    assert result["registries"] == ["dockerhub"]
+    assert result["incomplete_registries"] == ["ghcr", "private"]
 
 
 def test_selection_is_sorted_and_deduplicated(make_registry, storage):
     for name in ("a", "b", "c"):
         make_registry(name)
-    assert [name for name, _ in select_registries(str(storage), ["c", "a", "c"])] == ["a", "c"]
-    assert [name for name, _ in select_registries(str(storage), None)] == ["a", "b", "c"]
+    assert [name for name, _ in select_registries(str(storage), ["c", "a", "c"])[0]] == ["a", "c"]
+    assert [name for name, _ in select_registries(str(storage), None)[0]] == ["a", "b", "c"]

@@ -2,12 +2,12 @@
 
 import collections
 import os
+import shutil
 import sys
 
 import pytest
 
 from ansible_collections.regwarden.registry.plugins.module_utils import (
-    _blob_scan,
     _repository,
     _storage,
     _storage_scan,
@@ -73,15 +73,16 @@ def test_a_registry_failing_in_a_worker_process_fails_the_scan_clearly(make_regi
     healthy.push_image("library/base", "image")
     broken = make_registry("private")
     broken.push_image("team/app", "image")
-    v2_fd = os.open(str(broken.v2), os.O_RDONLY)
-    try:
-        _storage.rmtree_at(v2_fd, "blobs")
-    finally:
-        os.close(v2_fd)
+    shutil.rmtree(broken.v2 / "blobs")
     with pytest.raises(ScanError, match=r"registry private: the blob store .* is missing"):
         scan_blobs(str(storage), processes=2)
     with pytest.raises(ScanError, match=r"registry private: the blob store .* is missing"):
         _storage_scan.scan_storage(str(storage), processes=2)
+    # Allowed to be incomplete, the healthy registry's results stand beside the broken one's error.
+    result = scan_blobs(str(storage), processes=2, allow_incomplete=True)
+    assert result["registries"] == ["dockerhub"]
+    assert result["incomplete_registries"] == ["private"]
+    assert [e["registry"] for e in result["scan_errors"]] == ["private"]
 
 
 def test_default_scope_audits_only_the_private_registry(generated):
@@ -105,7 +106,6 @@ def test_each_link_read_and_each_blob_stated_once(generated, monkeypatch):
         stats[(self.name, hex_digest)] += 1
         return original_stat(self, hex_digest)
 
-    monkeypatch.setattr(_blob_scan, "read_link_at", counting_read)
     monkeypatch.setattr(_repository, "read_link_at", counting_read)
     monkeypatch.setattr(_storage.BlobStore, "_stat", counting_stat)
     # One process, so the counting wrappers see every call (each registry is one process's anyway).

@@ -27,7 +27,7 @@ def test_keeps_the_newest_tags_by_last_push_not_by_name(private, storage):
     for tag in tags:
         private.push_image("app", "img-" + tag, tags=[tag])
     age_tags(private, "app", tags)
-    result = cleanup_tags(str(storage), keep=2)
+    result = cleanup_tags(str(storage), keep=2, grace_period=0)
     assert remaining_tags(private, "app") == ["a4", "c3"]
     assert [f["tag"] for f in result["removed_tags"]] == ["a2", "b1"]
     assert result["removed_tags"][0]["updated"] == "2023-11-14T22:14:20Z"
@@ -58,7 +58,7 @@ def test_check_mode_reports_and_removes_nothing(private, storage):
         private.push_multiarch("app", "m" + tag, tags=[tag])
     age_tags(private, "app", tags)
     before = snapshot(storage)
-    result = cleanup_tags(str(storage), keep=1, delete_untagged=True, check_mode=True)
+    result = cleanup_tags(str(storage), keep=1, delete_untagged=True, check_mode=True, grace_period=0)
     assert [f["tag"] for f in result["removed_tags"]] == ["1", "2"]
     assert len(result["removed_revisions"]) == 2 * 3  # two indexes and their two children each
     assert (result["changed"], result["restart_required"]) == (True, False)
@@ -73,7 +73,7 @@ def test_delete_untagged_never_touches_children_of_a_kept_index(private, storage
                                         (new_amd, {"os": "linux", "architecture": "amd64"})], tags=["mixed"])
     loose = private.push_image("app", "pushed-by-digest")  # untagged, reached by nothing
     age_tags(private, "app", ["old", "new", "mixed"])
-    result = cleanup_tags(str(storage), keep=2, delete_untagged=True)
+    result = cleanup_tags(str(storage), keep=2, delete_untagged=True, grace_period=0)
     assert remaining_tags(private, "app") == ["mixed", "new"]
     assert sorted(f["digest"] for f in result["removed_revisions"]) == sorted(
         [digest(old), digest(old_amd), digest(loose)])
@@ -93,7 +93,7 @@ def test_blobs_still_used_by_a_kept_image_keep_their_links(private, storage):
     private.push_image("app", "one", layers=[base, b"one"], tags=["1"])
     private.push_image("app", "two", layers=[base, b"two"], tags=["2"])
     age_tags(private, "app", ["1", "2"])
-    result = cleanup_tags(str(storage), keep=1, delete_untagged=True)
+    result = cleanup_tags(str(storage), keep=1, delete_untagged=True, grace_period=0)
     assert private.layer_link_path("app", sha256_hex(base)).is_file()
     assert str(private.layer_link_path("app", sha256_hex(b"one"))) in result["removed_layer_links"]
     assert count_findings(audit_indexes(str(storage))) == 0
@@ -103,7 +103,7 @@ def test_repository_with_an_unreadable_tag_is_left_alone_by_delete_untagged(priv
     private.push_image("app", "tagged", tags=["good"])
     loose = private.push_image("app", "maybe-needed")
     private.tag("app", "broken", loose, content="garbage")
-    result = cleanup_tags(str(storage), keep=5, delete_untagged=True)
+    result = cleanup_tags(str(storage), keep=5, delete_untagged=True, grace_period=0)
     assert result["removed_revisions"] == []
     assert result["skipped_repositories"] == [
         {"registry": "private", "repo": "app", "reason": "tags with an unreadable current link: broken"}]
@@ -114,9 +114,9 @@ def test_second_run_changes_nothing(private, storage):
     for tag in ("1", "2", "3"):
         private.push_multiarch("app", "m" + tag, tags=[tag])
     age_tags(private, "app", ["1", "2", "3"])
-    cleanup_tags(str(storage), keep=1, delete_untagged=True)
+    cleanup_tags(str(storage), keep=1, delete_untagged=True, grace_period=0)
     before = snapshot(storage)
-    again = cleanup_tags(str(storage), keep=1, delete_untagged=True)
+    again = cleanup_tags(str(storage), keep=1, delete_untagged=True, grace_period=0)
     assert again["changed"] is False
     assert snapshot(storage) == before
 
@@ -141,10 +141,16 @@ def test_cleanup_follows_no_symlinked_tag_directory(private, storage, tmp_path):
     private.push_image("app", "b", tags=["2"])
     age_tags(private, "app", ["1", "2"])
     os.symlink(outside, private.repo_dir("app") / "_manifests" / "tags" / "evil")
-    result = cleanup_tags(str(storage), keep=1)
+    before = snapshot(storage)
+    result = cleanup_tags(str(storage), keep=1, grace_period=0)
     assert (outside / "precious").read_text() == "keep me"
-    assert [f["tag"] for f in result["removed_tags"]] == ["1"]
+    # The registry follows the symlink and serves "evil": what it protects is unknown, so the
+    # repository is left whole (no tag removed either).
+    assert result["removed_tags"] == []
+    assert result["skipped_repositories"] == [
+        {"registry": "private", "repo": "app", "reason": "tags with an unreadable current link: evil"}]
     assert any(e["error"] == "symlink not followed" for e in result["scan_errors"])
+    assert snapshot(storage) == before
 
 
 def test_blobs_of_a_kept_orphan_child_stay_linked_for_its_repair(private, storage):
@@ -154,7 +160,7 @@ def test_blobs_of_a_kept_orphan_child_stay_linked_for_its_repair(private, storag
     arm_layer = arm_doc["layers"][0]["digest"][7:]
     # An untagged image that shares the orphan child's layer: deleting it must keep that link.
     loose = private.put_manifest("app", dict(arm_doc, annotations={"loose": "yes"}))
-    result = cleanup_tags(str(storage), keep=5, delete_untagged=True)
+    result = cleanup_tags(str(storage), keep=5, delete_untagged=True, grace_period=0)
     assert [f["digest"] for f in result["removed_revisions"]] == [digest(loose)]
     assert private.layer_link_path("app", arm_layer).is_file()
     [orphan] = audit_indexes(str(storage), repair=True)["orphan_index_children"]

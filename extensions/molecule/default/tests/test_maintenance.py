@@ -243,3 +243,49 @@ def test_scan_service_reports_damage_planted_in_private_storage(vm, scenario):
     assert values['regwarden_scan_findings{registry="%s",kind="orphan_index_children"}' % scenario.private_name] >= 1
     assert values["regwarden_scan_success"] == 1
     assert values["regwarden_scan_last_run_timestamp_seconds"] >= started
+
+
+def test_gc_skips_a_registry_whose_lock_another_writer_holds(vm, scenario):
+    """The GC script takes the lock every regwarden writer takes (flock on the registry directory)."""
+    locked = "%s/%s" % (scenario.data_dir, scenario.private_name)
+    # One process holds the lock (the subshell execs sleep with the locked descriptor): its PID ends it.
+    holder = vm.check("sh -c %s", "(exec 9<%s; flock --nonblock 9 && exec sleep 120) >/dev/null 2>&1 & echo $!"
+                      % locked).strip()
+    try:
+        vm.wait_until("the lock to be held", lambda: vm.run("flock --nonblock %s true", locked).rc != 0,
+                      timeout=20, interval=1)
+        since = vm.check("date '+%Y-%m-%d %H:%M:%S'").strip()
+        time.sleep(1)
+        _result, outcome = start_and_wait(vm, GC_UNIT + ".service")
+        log = vm.check("journalctl --no-pager -o cat -u %s --since %s", GC_UNIT + ".service", since)
+        assert outcome != "success", log
+        assert "%s: its lock (flock on %s) is held" % (scenario.private_name, locked) in log
+        assert "%s: stopping registry-%s" % (scenario.private_name, scenario.private_name) not in log
+        # The other registries were collected all the same.
+        assert "garbage collection failed for: %s" % scenario.private_name in log
+    finally:
+        vm.run("kill %s", holder)
+    vm.wait_until("the lock to be free", lambda: vm.run("flock --nonblock %s true", locked).rc == 0,
+                  timeout=20, interval=1)
+    vm.wait_stack_healthy()
+
+
+def test_scan_of_a_registry_that_is_not_there_fails_the_unit(vm, scenario):
+    """An unmounted or vanished registry reads as nothing: exit 2, registry_scanned 0, never clean."""
+    name = scenario.caches[-1]["name"]
+    path = "%s/%s" % (scenario.data_dir, name)
+    vm.check("mv %s %s.away", path, path)
+    try:
+        _result, outcome = start_and_wait(vm, SCAN_UNIT + ".service")
+        assert outcome != "success"
+        assert unit_property(vm, SCAN_UNIT + ".service", "ExecMainStatus") == "2"
+        values = prom_values(vm.check("cat %s", PROM))
+        assert values["regwarden_scan_success"] == 0
+        assert values['regwarden_scan_registry_scanned{registry="%s"}' % name] == 0
+        report = json.loads(vm.check("cat %s", REPORT))
+        assert name in report["incomplete_registries"]
+    finally:
+        vm.check("mv %s.away %s", path, path)
+    _result, outcome = start_and_wait(vm, SCAN_UNIT + ".service")
+    assert outcome == "success"
+    assert unit_property(vm, SCAN_UNIT + ".service", "ExecMainStatus") in ("0", "1")
