@@ -8,6 +8,7 @@
     scan         registry_blob_scan + registry_index_audit; --report JSON, --prom textfile
     tag-cleanup  registry_tag_cleanup (run it with the registry read-only, then GC and restart)
     probe        registry_probe over HTTP(S); --prom textfile with the last success time
+    maintenance  mark a registry stopped (or back) for maintenance; --prom textfile
 
 Exit status: 0 clean / done, 1 findings present, 2 could not run or could not read everything
 (bad input, a registry missing or unreadable, unreachable, authentication failed, any error at
@@ -15,8 +16,10 @@ all: the report and the metrics then say so). The units accept only 0 and 1 as s
 """
 
 import argparse
+import errno
 import json
 import os
+import stat
 import sys
 import tempfile
 import time
@@ -74,15 +77,25 @@ def parse_args(argv):
                          help="seconds: tags, revisions and links written this recently are never removed")
     cleanup.add_argument("--report", help="write the JSON report here (atomically)")
 
+    maintenance = commands.add_parser("maintenance", help="record that a registry is (no longer) in maintenance")
+    maintenance.add_argument("--registry", required=True, help="the registry stopped or read-only for maintenance")
+    maintenance.add_argument("--state", required=True, choices=("on", "off"))
+    maintenance.add_argument("--state-dir", default="/run/regwarden/maintenance",
+                             help="one file per registry in maintenance (tmpfs: a reboot ends every maintenance)")
+    maintenance.add_argument("--prom", required=True, help="write the Prometheus textfile here (atomically)")
+
     probe = commands.add_parser("probe", help="walk a registry over HTTP(S) the way a client pulls")
     probe.add_argument("--url", required=True)
     probe.add_argument("--username")
+    probe.add_argument("--username-file", help="file holding the user name (no quoting needed in a unit file)")
     probe.add_argument("--password-file", help="file holding the password (never pass it on the command line)")
     probe.add_argument("--ca-path", help="CA bundle that signs the registry's certificate")
     probe.add_argument("--insecure", action="store_true", help="do not validate the TLS certificate")
     probe.add_argument("--timeout", type=float, default=30.0)
     probe.add_argument("--concurrency", type=int, help="requests in flight at once (default 4)")
     probe.add_argument("--verify-blobs", action="store_true", help="GET every blob and check size and sha256")
+    probe.add_argument("--max-entries", type=int, help="entries kept from one listing (default 100000)")
+    probe.add_argument("--deadline", type=float, help="seconds the whole probe may take (default 3600)")
     probe.add_argument("--repositories", help="comma-separated repositories (default: the catalog)")
     probe.add_argument("--tags", help="comma-separated tag globs (default: all tags)")
     probe.add_argument("--report", help="write the JSON report here (atomically)")
@@ -300,8 +313,61 @@ def render_probe_prom(result, error, now, last_success):
     return "\n".join(lines) + "\n"
 
 
+def render_maintenance_prom(states):
+    """``states``: {registry: start time or None}, every registry that was ever recorded."""
+    lines = ["# HELP regwarden_maintenance_in_progress 1 while maintenance has the registry stopped or read-only.",
+             "# TYPE regwarden_maintenance_in_progress gauge"]
+    lines += ['regwarden_maintenance_in_progress{registry="%s"} %d' % (_escape_label(name), 0 if started is None else 1)
+              for name, started in sorted(states.items())]
+    lines += ["# HELP regwarden_maintenance_started_timestamp_seconds When the maintenance in progress began.",
+              "# TYPE regwarden_maintenance_started_timestamp_seconds gauge"]
+    lines += ['regwarden_maintenance_started_timestamp_seconds{registry="%s"} %d' % (_escape_label(name), started)
+              for name, started in sorted(states.items()) if started is not None]
+    return "\n".join(lines) + "\n"
+
+
+def command_maintenance(args):
+    """Set one registry's maintenance flag and rewrite the textfile for every registry known."""
+    name = args.registry
+    if not name or "/" in name or name.startswith("."):
+        raise CommandError("--registry must be a registry name, not %r" % name)
+    os.makedirs(args.state_dir, mode=0o755, exist_ok=True)
+    flag = os.path.join(args.state_dir, name)
+    if args.state == "on":
+        write_atomically(flag, "%d\n" % int(time.time()))
+    else:
+        write_atomically(flag, "off\n")
+    states = {}
+    for entry in sorted(os.listdir(args.state_dir)):
+        if entry.startswith("."):
+            continue
+        try:
+            with open(os.path.join(args.state_dir, entry)) as handle:
+                text = handle.read(64).strip()
+        except OSError:
+            continue
+        states[entry] = int(text) if text.isdigit() else None
+    write_atomically(args.prom, render_maintenance_prom(states))
+    return EXIT_CLEAN
+
+
+def _read_secret(path, what):
+    """The first line of a root-only file (a user name, a password), never blocking on a FIFO."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file", path)
+            data = os.read(fd, 65536)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise CommandError("cannot read the %s file %s: %s" % (what, path, exc.strerror or exc)) from None
+    return data.decode("utf-8", "replace").splitlines()[0].strip() if data.strip() else ""
+
+
 def command_probe(args):
-    from ansible_collections.regwarden.registry.plugins.module_utils import _probe
+    from ansible_collections.regwarden.registry.plugins.module_utils import _probe, _registry_http
 
     now = int(time.time())
     last_success = _previous_gauge(args.prom, "regwarden_probe_last_success_timestamp_seconds") if args.prom \
@@ -309,20 +375,20 @@ def command_probe(args):
     result = None
     error = None
     try:
-        password = None
-        if args.password_file:
-            with open(args.password_file) as handle:
-                password = handle.read().strip()
-        transport = _probe.urllib_transport(validate_certs=not args.insecure, ca_path=args.ca_path,
-                                            timeout=args.timeout)
+        username = _read_secret(args.username_file, "user name") if args.username_file else args.username
+        password = _read_secret(args.password_file, "password") if args.password_file else None
+        transport = _registry_http.urllib_transport(validate_certs=not args.insecure, ca_path=args.ca_path,
+                                                    timeout=args.timeout)
         result = _probe.probe_registry(
-            transport, args.url, username=args.username, password=password,
+            transport, args.url, username=username, password=password,
             repositories=_names(args.repositories), tags=_names(args.tags),
-            verify_blobs=args.verify_blobs, concurrency=args.concurrency or _probe.DEFAULT_CONCURRENCY)
+            verify_blobs=args.verify_blobs, concurrency=args.concurrency or _probe.DEFAULT_CONCURRENCY,
+            max_entries=args.max_entries or _probe.DEFAULT_MAX_ENTRIES,
+            deadline=args.deadline or _registry_http.DEFAULT_DEADLINE_SECONDS)
         last_success = now
-    except OSError as exc:
-        error = "cannot read the password file: %s" % (exc.strerror or exc)
-    except _probe.ProbeError as exc:
+    except CommandError as exc:
+        error = str(exc)
+    except _registry_http.ProbeError as exc:
         error = str(exc)
     _write_report(args.report, result if result is not None else {"error": error})
     if args.prom:
@@ -334,7 +400,8 @@ def command_probe(args):
     return EXIT_FINDINGS if result["unfetchable"] else EXIT_CLEAN
 
 
-COMMANDS = {"scan": command_scan, "tag-cleanup": command_tag_cleanup, "probe": command_probe}
+COMMANDS = {"scan": command_scan, "tag-cleanup": command_tag_cleanup, "probe": command_probe,
+            "maintenance": command_maintenance}
 # What a command that died anyway still leaves behind: its report and, where it writes one, the
 # metrics, both saying it failed (the previous success time of the probe carried over).
 _FAILURE_PROM = {
@@ -348,6 +415,9 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return COMMANDS[args.command](args)
+    except CommandError as exc:
+        _say(sys.stderr, "regwarden %s: %s" % (args.command, exc))
+        return EXIT_ERROR
     except Exception as exc:  # the catch-all: never exit 1 ("findings") or a bare traceback on an error
         return _died(args, exc)
 

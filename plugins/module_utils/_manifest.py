@@ -86,14 +86,7 @@ def parse_manifest(content):
         raise InvalidManifest("manifest is larger than %d bytes" % MANIFEST_MAX_BYTES)
     if not content:
         raise InvalidManifest("manifest blob is empty")
-    doc = load_json(content)
-    try:
-        return _parse_document(doc)
-    except InvalidManifest:
-        raise
-    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
-        # A shape no rule above foresaw: still a finding about this manifest, never a traceback.
-        raise InvalidManifest("manifest has an unexpected structure (%s: %s)" % (type(exc).__name__, exc)) from None
+    return parse_document(load_json(content))
 
 
 def load_json(content):
@@ -108,6 +101,17 @@ def load_json(content):
         return _loads_iteratively(content)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidManifest("manifest is not valid JSON (truncated?): %s" % exc) from None
+
+
+def parse_document(doc):
+    """A Manifest from an already parsed JSON document; InvalidManifest (never anything else) otherwise."""
+    try:
+        return _parse_document(doc)
+    except InvalidManifest:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
+        # A shape no rule foresaw: still a finding about this manifest, never a traceback.
+        raise InvalidManifest("manifest has an unexpected structure (%s: %s)" % (type(exc).__name__, exc)) from None
 
 
 def _parse_document(doc):

@@ -35,7 +35,9 @@ options:
   username:
     description:
       - User name for Basic auth or for the token server. Credentials are sent only when the
-        registry asks for them, and never to another host on a redirect.
+        registry asks for them, only to the registry's own scheme and host (never to another host
+        on a redirect), and to a token server only when its realm is https or the registry's own
+        scheme and host. Only http(s) is ever followed, and a redirect from https to http is refused.
       - Without it, a registry asking for a Bearer token gets one requested anonymously (as
         public registries grant pull access); one asking for Basic auth fails the task.
     type: str
@@ -94,6 +96,19 @@ options:
         C(catalog.maxentries) (default 1000) per page.
     type: int
     default: 100
+  max_entries:
+    description:
+      - Entries kept from one listing (the catalog, a repository's tag list). A listing cut there
+        is reported as a finding; a registry that pages forever cannot exhaust memory.
+    type: int
+    default: 100000
+  deadline:
+    description:
+      - Seconds the whole probe may take. Past it the task fails with a clear message, whatever
+        the registry sends (slow or endless bodies, endless pagination).
+      - Blob bodies are read at most to their descriptor's size + 1, whatever the server sends.
+    type: float
+    default: 3600
   fail_on_findings:
     description:
       - Fail the task when anything is unfetchable. The findings stay in the result.
@@ -231,12 +246,16 @@ from ansible_collections.regwarden.registry.plugins.module_utils._module_result 
 )
 from ansible_collections.regwarden.registry.plugins.module_utils._probe import (
     DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_ENTRIES,
     DEFAULT_PAGE_SIZE,
+    count_findings,
+    probe_registry,
+)
+from ansible_collections.regwarden.registry.plugins.module_utils._registry_http import (
+    DEFAULT_DEADLINE_SECONDS,
     USER_AGENT,
     ProbeError,
-    count_findings,
     opener_transport,
-    probe_registry,
 )
 
 
@@ -270,6 +289,8 @@ def main():
             timeout=dict(type="float", default=30),
             concurrency=dict(type="int", default=DEFAULT_CONCURRENCY),
             page_size=dict(type="int", default=DEFAULT_PAGE_SIZE),
+            max_entries=dict(type="int", default=DEFAULT_MAX_ENTRIES),
+            deadline=dict(type="float", default=DEFAULT_DEADLINE_SECONDS),
             fail_on_findings=dict(type="bool", default=False),
         ),
         required_by={"password": "username"},
@@ -291,6 +312,8 @@ def main():
         verify_blobs=params["verify_blobs"],
         concurrency=params["concurrency"],
         page_size=params["page_size"],
+        max_entries=params["max_entries"],
+        deadline=params["deadline"],
     )
     try:
         result = probe()

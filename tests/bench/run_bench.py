@@ -376,6 +376,18 @@ def profile_both(path, log):
     return "cProfile of (c), top by own time then cumulative:\n" + text.getvalue()
 
 
+def dump_findings(links, seed, out_file, log):
+    """Both scans of every registry of the seeded tree, in full, as sorted JSON."""
+    generated = generate_tree.ensure_tree(links, seed, log=log)
+    sys.path.insert(0, COLLECTIONS)
+    from ansible_collections.regwarden.registry.plugins.module_utils._storage_scan import scan_storage
+
+    blob_result, index_result = scan_storage(generated["path"], index_registries=generated["registries"])
+    with open(out_file, "w") as handle:
+        json.dump({"blob_scan": blob_result, "index_audit": index_result}, handle, sort_keys=True, indent=1)
+    log("wrote %s" % out_file)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", action="append", type=generate_tree.parse_count,
@@ -386,6 +398,9 @@ def main(argv=None):
     parser.add_argument("--only", type=lambda text: [m.strip() for m in text.split(",")],
                         help="comma-separated subset of the candidates: %s" % ",".join(MODES))
     parser.add_argument("--json", help="write the results here as JSON")
+    parser.add_argument("--dump-findings", metavar="FILE",
+                        help="write the full results of both scans (every registry) over each tree to FILE "
+                             "(FILE-<links>.json), sorted JSON: compare two code versions byte for byte")
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -408,6 +423,10 @@ def main(argv=None):
         print("error: --only takes candidates from %s (got %s)" % (",".join(MODES), ",".join(args.only)),
               file=sys.stderr)
         return 2
+    if args.dump_findings:
+        for links in args.size or [100000, 1000000]:
+            dump_findings(links, args.seed, "%s-%d.json" % (args.dump_findings, links), log)
+        return 0
     all_results = []
     try:
         for links in args.size or [100000, 1000000]:

@@ -12,6 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import damage
+from tests.support.auth import write_htpasswd
 from tests.support.oci import RegistryClient, make_multiarch
 from tests.support.registry import Registry
 
@@ -75,3 +76,25 @@ def test_password_comes_from_a_file_and_a_missing_file_is_a_clear_error(registry
     result = probe(tmp_path / "p.prom", registry.url, "--username", "ci", "--password-file", str(tmp_path / "none"))
     assert result.returncode == 2
     assert "cannot read the password file" in result.stderr
+
+
+def test_credentials_come_from_root_only_files_with_nothing_to_quote(tmp_path):
+    """The VM's probe unit passes --username-file and --password-file: a user name systemd would
+    expand (%, $, quotes, spaces) reaches the registry exactly as written."""
+    user, password = 'ci%h$USER"\'x y', "p@ss word%i"
+    htpasswd = write_htpasswd(tmp_path / "htpasswd", {user: password})
+    reg = Registry("private", tmp_path / "data", tmp_path / "work", htpasswd=htpasswd)
+    reg.start()
+    try:
+        (tmp_path / "user").write_text(user + "\n")
+        (tmp_path / "password").write_text(password + "\n")
+        os.chmod(tmp_path / "user", 0o600)
+        os.chmod(tmp_path / "password", 0o600)
+        ok = probe(tmp_path / "p.prom", reg.url, "--username-file", str(tmp_path / "user"),
+                   "--password-file", str(tmp_path / "password"))
+        assert ok.returncode == 0, ok.stderr
+        os.mkfifo(tmp_path / "fifo")
+        fifo = probe(tmp_path / "p.prom", reg.url, "--username-file", str(tmp_path / "fifo"))
+        assert fifo.returncode == 2 and "cannot read the user name file" in fifo.stderr
+    finally:
+        reg.stop()

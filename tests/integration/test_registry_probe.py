@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from ansible_collections.regwarden.registry.plugins.module_utils._probe import (
+from ansible_collections.regwarden.registry.plugins.module_utils._probe import probe_registry
+from ansible_collections.regwarden.registry.plugins.module_utils._registry_http import (
     ProbeError,
-    probe_registry,
     urllib_transport,
 )
 from ansible_collections.regwarden.registry.plugins.modules.registry_probe import ansible_transport

@@ -19,7 +19,7 @@ METRIC_NAME = re.compile(r"\bregwarden_[a-z_]+\b")
 EXPECTED_ALERTS = {
     "RegistryIntegrityFindings", "RegistryCacheIntegrityFindings", "RegistryScanFailed", "RegistryScanStale",
     "RegistryProbeStale", "RegistryProbeFailed", "RegistryProbeFindings", "RegistryCatalogUnreachable",
-    "RegistryScanErrors", "RegistryNotScanned",
+    "RegistryScanErrors", "RegistryNotScanned", "RegistryMaintenanceStuck",
 }
 
 
@@ -43,7 +43,10 @@ def prom_files(private, storage, tmp_path):
              "catalog_reachable": True, "duration_seconds": 1.5}, None, 1700000000, 1700000000),
         "probe_failed.prom": _cli.render_probe_prom(None, "401 Unauthorized", 1700000900, 1700000000),
     }
-    files = [scan_prom]
+    maintenance_prom = tmp_path / "regwarden_maintenance.prom"
+    assert _cli.main(["maintenance", "--registry", "private", "--state", "on", "--state-dir",
+                      str(tmp_path / "state"), "--prom", str(maintenance_prom)]) == _cli.EXIT_CLEAN
+    files = [scan_prom, maintenance_prom]
     for name, text in probes.items():
         (tmp_path / name).write_text(text)
         files.append(tmp_path / name)
@@ -67,6 +70,7 @@ def test_every_alert_expression_uses_only_metrics_the_cli_writes(prom_files):
     written = written_metric_names(prom_files)
     assert {"regwarden_scan_findings", "regwarden_scan_success", "regwarden_scan_last_run_timestamp_seconds",
             "regwarden_scan_errors", "regwarden_scan_registry_scanned",
+            "regwarden_maintenance_in_progress", "regwarden_maintenance_started_timestamp_seconds",
             "regwarden_probe_success", "regwarden_probe_last_run_timestamp_seconds",
             "regwarden_probe_last_success_timestamp_seconds", "regwarden_probe_findings",
             "regwarden_probe_catalog_reachable", "regwarden_probe_duration_seconds"} == written
@@ -138,6 +142,28 @@ def test_alerts_fire_on_the_series_they_are_meant_for(tmp_path):
                     {"exp_labels": {"severity": "warning", "instance": "vm", "registry": "private"}}]},
                 {"eval_time": "15m", "alertname": "RegistryNotScanned", "exp_alerts": [
                     {"exp_labels": {"severity": "critical", "instance": "vm", "registry": "ghcr"}}]},
+            ],
+        }, {
+            # The probe fails while GC has the private registry stopped (in maintenance): no alert;
+            # once the maintenance is over the failure alerts; a maintenance that never ends alerts.
+            "interval": "1m",
+            "input_series": [
+                {"series": 'regwarden_probe_success{instance="vm"}', "values": "0x600"},
+                {"series": 'regwarden_probe_last_success_timestamp_seconds{instance="vm"}', "values": "0x600"},
+                {"series": 'regwarden_maintenance_in_progress{instance="vm",registry="private"}',
+                 "values": "1x100 0x500"},
+                {"series": 'regwarden_maintenance_in_progress{instance="vm",registry="dockerhub"}', "values": "1x600"},
+                {"series": 'regwarden_maintenance_started_timestamp_seconds{instance="vm",registry="dockerhub"}',
+                 "values": "0x600"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": "90m", "alertname": "RegistryProbeFailed", "exp_alerts": []},
+                {"eval_time": "90m", "alertname": "RegistryProbeStale", "exp_alerts": []},
+                {"eval_time": "150m", "alertname": "RegistryProbeFailed", "exp_alerts": [
+                    {"exp_labels": {"severity": "warning", "instance": "vm"}}]},
+                {"eval_time": "150m", "alertname": "RegistryMaintenanceStuck", "exp_alerts": []},
+                {"eval_time": "540m", "alertname": "RegistryMaintenanceStuck", "exp_alerts": [
+                    {"exp_labels": {"severity": "warning", "instance": "vm", "registry": "dockerhub"}}]},
             ],
         }],
     }

@@ -17,21 +17,24 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 
 from ansible_collections.regwarden.registry.plugins.module_utils import _probe
+from ansible_collections.regwarden.registry.plugins.module_utils import _registry_http as _probe_http
 from ansible_collections.regwarden.registry.plugins.module_utils._manifest import MANIFEST_MAX_BYTES
 from ansible_collections.regwarden.registry.plugins.module_utils._probe import (
+    blob_problem,
+    literal_tags,
+    manifest_problem,
+    probe_registry,
+    tag_matcher,
+)
+from ansible_collections.regwarden.registry.plugins.module_utils._registry_http import (
     AuthError,
     Fetch,
     ProbeError,
     Response,
     TransportError,
-    blob_problem,
-    literal_tags,
-    manifest_problem,
     next_link,
     parse_challenges,
-    probe_registry,
     registry_error,
-    tag_matcher,
 )
 from tests.support.oci import make_image, make_multiarch, sha256_digest
 
@@ -281,10 +284,10 @@ def test_network_errors_read_as_one_line():
     import socket
     import urllib.error
 
-    assert _probe.describe_error(urllib.error.URLError("no host")) == "no host"
-    assert _probe.describe_error(urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))) == \
+    assert _probe_http.describe_error(urllib.error.URLError("no host")) == "no host"
+    assert _probe_http.describe_error(urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))) == \
         "ConnectionRefusedError: [Errno 111] Connection refused"
-    assert _probe.describe_error(urllib.error.URLError(socket.timeout("timed out"))) == "timed out"
+    assert _probe_http.describe_error(urllib.error.URLError(socket.timeout("timed out"))) == "timed out"
 
 
 # -- classification ---------------------------------------------------------------------------

@@ -65,7 +65,13 @@ class Scenario:
         return next(cache for cache in self.caches if cache["name"] == name)
 
     def cache_url(self, name):
-        return "http://127.0.0.1:%d" % self.cache(name)["port"]
+        scheme = "https" if self.cache(name).get("tls") else "http"
+        return "%s://127.0.0.1:%d" % (scheme, self.cache(name)["port"])
+
+    def cache_credentials(self, name):
+        """(user, password) of a cache with users of its own."""
+        user = self.cache(name)["users"][0]
+        return user["username"], user["password"]
 
     @property
     def registry_names(self):
@@ -115,11 +121,14 @@ class VM:
         return result.stdout
 
     def client(self, *args, auth=False):
-        """Runs registry_client.py; the password travels in the environment, not in argv."""
+        """Runs registry_client.py; the password travels in the environment, not in argv.
+
+        ``auth``: True for the private registry's user, or a (user, password) pair.
+        """
         command = ["python3", CLIENT_PATH, *[str(arg) for arg in args]]
         if auth:
-            command = ["env", "REGISTRY_PASSWORD=" + self.scenario.password, *command,
-                       "--user", self.scenario.user]
+            user, password = (self.scenario.user, self.scenario.password) if auth is True else auth
+            command = ["env", "REGISTRY_PASSWORD=" + password, *command, "--user", user]
         if any(str(arg).startswith("https://") for arg in args):
             command += ["--cafile", self.scenario.cafile]
         result = self.host.run(" ".join(["%s"] * len(command)), *command)
@@ -171,7 +180,8 @@ class VM:
         # nginx resolves the registries by name every 10 s: after a restart, wait for real answers.
         for name in self.scenario.registry_names:
             port = self.scenario.ports[name][0]
-            scheme = "https" if name == self.scenario.private_name else "http"
+            tls = name == self.scenario.private_name or self.scenario.cache(name).get("tls")
+            scheme = "https" if tls else "http"
             status = self.run("curl -sk -o /dev/null -w '%%{http_code}' %s://127.0.0.1:%s/v2/", scheme, port)
             if status.stdout.strip() not in ("200", "401"):
                 return False

@@ -8,17 +8,23 @@ know exactly which bytes they pushed. The password comes from $REGISTRY_PASSWORD
   registry_client.py push-index  --registry URL --repo R --tag T --seed S [--archs a,b]
   registry_client.py pull-image  --registry URL --repo R --ref TAG_OR_DIGEST
   registry_client.py request     --url URL [--method M] [--header "K: V"]
+  registry_client.py hammer      --url URL --count N   (N requests at once; statuses and seconds)
+  registry_client.py tls-version --url https://HOST:PORT --tls-max 1.1|1.2|1.3   (handshake outcome)
 common: [--user U] [--cafile PEM]
 """
 
 import argparse
 import base64
+import collections
 import hashlib
 import json
 import os
 import random
+import socket
 import ssl
 import sys
+import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -165,9 +171,48 @@ def pull_image(registry, repo, reference):
     }
 
 
+def hammer(registry, url, count):
+    """``count`` requests at once (one thread each); how they were answered and how long it took."""
+    statuses = collections.Counter()
+    lock = threading.Lock()
+
+    def one():
+        status, _headers, _body = registry.request("GET", url)
+        with lock:
+            statuses[str(status)] += 1
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return {"statuses": dict(statuses), "seconds": round(time.monotonic() - started, 2)}
+
+
+def tls_version(url, cafile, maximum):
+    """Handshake with TLS no newer than ``maximum``: the negotiated version, or the error."""
+    parts = urllib.parse.urlsplit(url)
+    context = ssl.create_default_context(cafile=cafile)
+    context.minimum_version = ssl.TLSVersion.TLSv1
+    context.maximum_version = {"1.1": ssl.TLSVersion.TLSv1_1, "1.2": ssl.TLSVersion.TLSv1_2,
+                               "1.3": ssl.TLSVersion.TLSv1_3}[maximum]
+    # Let the client offer old protocols at all; whether they are taken is the server's answer.
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=15) as raw, \
+                context.wrap_socket(raw, server_hostname=parts.hostname) as tls:
+            return {"version": tls.version(), "error": None}
+    except (ssl.SSLError, OSError) as error:
+        return {"version": None, "error": str(error)}
+
+
 def main(argv):
     parser = argparse.ArgumentParser()
-    parser.add_argument("command", choices=["push-image", "push-index", "pull-image", "request"])
+    parser.add_argument("command", choices=["push-image", "push-index", "pull-image", "request", "hammer",
+                                            "tls-version"])
+    parser.add_argument("--count", type=int, default=20)
+    parser.add_argument("--tls-max", default="1.3")
     parser.add_argument("--registry", default="")
     parser.add_argument("--repo")
     parser.add_argument("--tag")
@@ -217,6 +262,10 @@ def main(argv):
         result = {"index_digest": sha256_digest(index), "children": children}
     elif args.command == "pull-image":
         result = pull_image(registry, args.repo, args.ref)
+    elif args.command == "hammer":
+        result = hammer(registry, args.url, args.count)
+    elif args.command == "tls-version":
+        result = tls_version(args.url, args.cafile, args.tls_max)
     else:
         headers = dict(line.split(":", 1) for line in args.header)
         headers = {name.strip(): value.strip() for name, value in headers.items()}

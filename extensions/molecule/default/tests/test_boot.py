@@ -33,15 +33,17 @@ def test_every_registry_container_and_nginx_is_healthy(vm):
 def test_every_nginx_port_answers_v2_and_healthz(vm, scenario):
     for name in scenario.registry_names:
         private = name == scenario.private_name
+        has_users = private or "users" in scenario.cache(name)
         base = scenario.private_url if private else scenario.cache_url(name)
         healthz = vm.request(base + "/healthz")
         assert healthz["status"] == 200, (name, healthz)
         assert healthz["body_text"] == "ok\n"
         v2 = vm.request(base + "/v2/")
-        assert v2["status"] == (401 if private else 200), (name, v2)
+        assert v2["status"] == (401 if has_users else 200), (name, v2)
         assert v2["headers"]["docker-distribution-api-version"] == "registry/2.0"
-        if private:
-            assert vm.request(base + "/v2/", auth=True)["status"] == 200
+        if has_users:
+            credentials = True if private else scenario.cache_credentials(name)
+            assert vm.client("request", "--url", base + "/v2/", auth=credentials)["status"] == 200
 
 
 def test_debug_ports_listen_on_loopback_only(vm, scenario):
@@ -81,10 +83,17 @@ def test_rendered_configs_hold_no_keys_distribution_28_ignores(vm, scenario):
 
 def test_htpasswd_holds_bcrypt_hashes_only(vm, scenario):
     base = scenario.settings["docker_registry_base_dir"]
-    lines = vm.check("cat %s/auth/htpasswd", base).split()
-    assert [line.split(":", 1)[0] for line in lines] == [scenario.user]
-    assert all(line.split(":", 1)[1].startswith(("$2b$", "$2y$", "$2a$")) for line in lines)
-    assert scenario.password not in "".join(lines)
+    users = {scenario.private_name: (scenario.user, scenario.password),
+             "mirror": scenario.cache_credentials("mirror")}
+    for name, (user, password) in users.items():
+        lines = vm.check("cat %s/auth/%s/htpasswd", base, name).split()
+        assert [line.split(":", 1)[0] for line in lines] == [user]
+        assert all(line.split(":", 1)[1].startswith(("$2b$", "$2y$", "$2a$")) for line in lines)
+        assert password not in "".join(lines)
+    # Each registry sees its own users only: the mount is its own auth directory.
+    mounts = vm.inspect(vm.container("registry-mirror"), "{{json .Mounts}}")
+    assert '"Source":"%s/auth/mirror"' % base in mounts
+    assert not vm.host.file("%s/auth/htpasswd" % base).exists
 
 
 def test_registry_data_follows_the_scanner_layout(vm, scenario):

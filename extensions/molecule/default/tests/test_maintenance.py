@@ -65,7 +65,8 @@ def test_tag_cleanup_runs_first_when_enabled(vm):
 
 def test_htpasswd_hashes_use_the_configured_bcrypt_cost(vm, scenario):
     rounds = scenario.settings["docker_registry_private_bcrypt_rounds"]
-    lines = vm.check("cat %s/auth/htpasswd", scenario.settings["docker_registry_base_dir"]).split()
+    lines = vm.check("cat %s/auth/%s/htpasswd", scenario.settings["docker_registry_base_dir"],
+                     scenario.private_name).split()
     assert lines and all(line.split(":", 1)[1].split("$")[2] == "%02d" % rounds for line in lines)
 
 

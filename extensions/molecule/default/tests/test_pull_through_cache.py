@@ -114,14 +114,15 @@ def test_range_request_is_answered_from_a_complete_cached_copy(vm, cache_url):
 
 
 def test_cache_with_upstream_credentials_serves_and_keeps_them_private(vm, scenario):
-    """"mirror" has upstream credentials in its config; it still pulls, and only root reads them."""
+    """"mirror" has upstream credentials in its config; it still pulls (with its own users, over
+    TLS), and only root reads them."""
     mirror = scenario.cache("mirror")
     config = vm.host.file("%s/config/mirror/config.yml" % scenario.settings["docker_registry_base_dir"])
     assert config.mode == 0o640 and config.user == "root" and config.group == "root"
     assert "username: %s" % mirror["username"] in config.content_string
     image = seed_upstream(vm)
     pulled = vm.client("pull-image", "--registry", scenario.cache_url("mirror"), "--repo", image["repo"],
-                       "--ref", image["tag"])
+                       "--ref", image["tag"], auth=scenario.cache_credentials("mirror"))
     assert pulled["manifest_digest"] == image["manifest_digest"]
     assert {digest: blob["digest"] for digest, blob in pulled["blobs"].items()} == {
         digest: digest for digest in image["blob_sizes"]}
