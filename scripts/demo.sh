@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Demo: provisions a registry "VM" on this machine and audits it.
 #   1. builds the local images when missing or out of date (scripts/build-images.sh);
-#   2. starts the systemd container `regwarden-demo` (same run options as the Molecule platform;
-#      the private registry's port 5050 published on 127.0.0.1 only), or reuses it;
-#   3. runs playbooks/site.yml on it (inventory/demo.yml: group `registry`);
-#   4. pushes a sample multi-arch image (OCI index, two platforms) to the private registry;
-#   5. prints the registry_index_audit result for the private registry.
+#   2. brings up the Molecule scenario "demo": its systemd container `regwarden-vm-demo` (the
+#      platform every scenario shares, the private registry's port 5050 published on 127.0.0.1
+#      only), prepared like the test VM, then converged by playbooks/site.yml (inventory/demo.yml);
+#   3. pushes a sample multi-arch image (OCI index, two platforms) to the private registry;
+#   4. prints the registry_index_audit result for the private registry.
 # The registry password and TLS certificate are generated into .cache/demo/ (never committed).
 # Running it again reuses the container and converges it again.
 # Usage: scripts/demo.sh          bring the demo up (or refresh it)
@@ -15,25 +15,21 @@ set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-CONTAINER=regwarden-demo
+CONTAINER=regwarden-vm-demo
 STATE_DIR="$REPO_ROOT/.cache/demo"
 INVENTORY="$REPO_ROOT/inventory/demo.yml"
-PLATFORM_FILE="$REPO_ROOT/extensions/molecule/default/molecule.yml"
 PRIVATE_PORT=5050
 REGISTRY_USER=demo
 SAMPLE_REPO=demo/app
 SAMPLE_TAG=v1
+export REGWARDEN_VM_PUBLISH="127.0.0.1:$PRIVATE_PORT:$PRIVATE_PORT"
 
-usage() { sed -n '2,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
-
-container_status() { "$DOCKER" container inspect -f '{{.State.Status}}' "$CONTAINER" 2>/dev/null || true; }
+usage() { sed -n '2,14s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 
 demo_clean() {
   require_root
-  if [ -n "$(container_status)" ]; then
-    log "removing container $CONTAINER and its volumes"
-    "$DOCKER" rm -f -v "$CONTAINER" >/dev/null
-  fi
+  ensure_venv
+  (cd "$REPO_ROOT" && "$VENV/bin/molecule" destroy -s demo)
   rm -rf "$STATE_DIR"
   log "demo removed (the local images stay; scripts/build-images.sh keeps them current)"
 }
@@ -52,80 +48,6 @@ make_secrets() {
       -addext "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:$CONTAINER" \
       -keyout "$STATE_DIR/tls/registry.key" -out "$STATE_DIR/tls/registry.crt" 2>/dev/null)
   fi
-}
-
-# `docker run` options of the Molecule platform, so the demo VM and the tested VM are the same.
-platform_run_args() {
-  "$VENV/bin/python" - "$PLATFORM_FILE" <<'PY'
-import sys
-
-import yaml
-
-with open(sys.argv[1], encoding="utf-8") as handle:
-    platform = yaml.safe_load(handle)["platforms"][0]
-args = ["--cap-add=" + cap for cap in platform.get("capabilities", [])]
-args += ["--security-opt=" + opt for opt in platform.get("security_opts", [])]
-if platform.get("cgroupns_mode"):
-    args.append("--cgroupns=" + platform["cgroupns_mode"])
-args += ["--volume=" + volume for volume in platform.get("volumes", [])]
-args += ["--tmpfs=" + path for path in platform.get("tmpfs", [])]
-if platform.get("stop_signal"):
-    args.append("--stop-signal=" + platform["stop_signal"])
-args += [platform["image"], *platform["command"].split()]
-print("\n".join(args))
-PY
-}
-
-start_vm() {
-  local status
-  status="$(container_status)"
-  case "$status" in
-    running) log "reusing running container $CONTAINER" ;;
-    created | exited)
-      log "starting existing container $CONTAINER"
-      "$DOCKER" start "$CONTAINER" >/dev/null
-      ;;
-    "")
-      log "creating container $CONTAINER"
-      local run_args
-      mapfile -t run_args < <(platform_run_args)
-      [ "${#run_args[@]}" -gt 2 ] || die "could not read the platform from $PLATFORM_FILE"
-      "$DOCKER" run --detach --name "$CONTAINER" --hostname "$CONTAINER" \
-        --publish "127.0.0.1:$PRIVATE_PORT:$PRIVATE_PORT" "${run_args[@]}" >/dev/null
-      ;;
-    *) die "container $CONTAINER is $status; remove it with: scripts/demo.sh clean" ;;
-  esac
-  # systemd must be up before Ansible installs and starts services; right after the start
-  # systemctl cannot even reach it, so poll.
-  local state=""
-  for _ in $(seq 1 60); do
-    state="$("$DOCKER" exec "$CONTAINER" systemctl is-system-running 2>/dev/null || true)"
-    case "$state" in
-      running | degraded) return 0 ;;
-    esac
-    sleep 1
-  done
-  die "systemd in $CONTAINER did not finish booting within 60 s (state: ${state:-unknown})"
-}
-
-# The image ships no apt lists (cache_valid_time would trust stale stamps), and the images the
-# role loads come from this machine: copy them when the container lacks the current build.
-prepare_vm() {
-  if ! "$DOCKER" exec "$CONTAINER" sh -c 'ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1'; then
-    log "refreshing apt lists in $CONTAINER"
-    "$DOCKER" exec "$CONTAINER" apt-get update -qq
-  fi
-  "$DOCKER" exec "$CONTAINER" mkdir -p /opt/regwarden-images
-  local name local_id remote_id
-  for name in registry nginx; do
-    local_id="$(cat "$REPO_ROOT/.cache/images/$name.tar.id")"
-    remote_id="$("$DOCKER" exec "$CONTAINER" cat "/opt/regwarden-images/$name.tar.id" 2>/dev/null || true)"
-    if [ "$local_id" != "$remote_id" ]; then
-      log "copying $name.tar into $CONTAINER"
-      "$DOCKER" cp "$REPO_ROOT/.cache/images/$name.tar" "$CONTAINER:/opt/regwarden-images/$name.tar"
-      "$DOCKER" cp "$REPO_ROOT/.cache/images/$name.tar.id" "$CONTAINER:/opt/regwarden-images/$name.tar.id"
-    fi
-  done
 }
 
 wait_for_registry() {
@@ -148,11 +70,11 @@ demo_up() {
 
   "$REPO_ROOT/scripts/build-images.sh"
   make_secrets
-  start_vm
-  prepare_vm
-
-  log "ansible-playbook playbooks/site.yml -i inventory/demo.yml"
-  ansible-playbook "$REPO_ROOT/playbooks/site.yml" -i "$INVENTORY"
+  # The same container, preparation and driver as the tests; converge = playbooks/site.yml.
+  log "molecule create, prepare, converge -s demo (playbooks/site.yml -i inventory/demo.yml)"
+  molecule create -s demo
+  molecule prepare --force -s demo
+  molecule converge -s demo
 
   wait_for_registry
   log "pushing the sample multi-arch image to the private registry"

@@ -61,11 +61,11 @@ ansible-lint --nocolor
 step "changelog: antsibull-changelog lint, changelogs/changelog.yaml, CHANGELOG.rst"
 antsibull-changelog lint
 antsibull-changelog lint-changelog-yaml changelogs/changelog.yaml
-# CHANGELOG.rst must be what changelog.yaml renders to (scripts/release-notes.sh writes both).
+# CHANGELOG.rst must be what changelog.yaml renders to (scripts/release_notes.py writes both).
 staged="$(stage_collection "$tmp/changelog")"
 (cd "$staged" && ANSIBLE_COLLECTIONS_PATH="$tmp/changelog" antsibull-changelog generate >/dev/null)
 diff -u CHANGELOG.rst "$staged/CHANGELOG.rst" >&2 ||
-  die "CHANGELOG.rst does not match changelogs/changelog.yaml: run scripts/release-notes.sh"
+  die "CHANGELOG.rst does not match changelogs/changelog.yaml: run scripts/release_notes.py"
 
 step "docs: antsibull-docs lint-collection-docs, docs/reference/ current"
 staged="$(stage_collection "$tmp/docs")"
@@ -75,11 +75,7 @@ staged="$(stage_collection "$tmp/docs")"
 [ ${#cores[@]} -gt 0 ] || { log "ansible-test sanity skipped (--sanity-cores none)"; exit 0; }
 
 step "build and install the artifact for ansible-test sanity"
-ansible-galaxy collection build --output-path "$tmp/build" "$REPO_ROOT" >/dev/null
-printf '[defaults]\n' >"$tmp/ansible.cfg"
-ANSIBLE_CONFIG="$tmp/ansible.cfg" ansible-galaxy collection install "$tmp"/build/*.tar.gz \
-  -p "$tmp/installed" >/dev/null
-installed="$tmp/installed/ansible_collections/regwarden/registry"
+installed="$(python "$REPO_ROOT/scripts/collection_artifact.py" "$tmp/artifact")"
 
 pythons="$(python_versions_dir)"
 for entry in "${cores[@]}"; do

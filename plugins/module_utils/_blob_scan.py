@@ -5,14 +5,11 @@
 Used by the registry_blob_scan module and by the scanner CLI on the registry VM.
 """
 
-import hashlib
 import os
 
 from ansible_collections.regwarden.registry.plugins.module_utils import _driver
-from ansible_collections.regwarden.registry.plugins.module_utils._repository import (
-    LINK_OK_STATE,
-    walk_registry,
-)
+from ansible_collections.regwarden.registry.plugins.module_utils._fs_view import LINK_OK_STATE
+from ansible_collections.regwarden.registry.plugins.module_utils._repository import record_registry, walk_registry
 from ansible_collections.regwarden.registry.plugins.module_utils._storage import (
     BLOB_GONE_STATES,
     BLOB_UNREADABLE,
@@ -22,21 +19,13 @@ from ansible_collections.regwarden.registry.plugins.module_utils._storage import
     LINK_MISSING,
     LINK_UNREADABLE,
     NotRegularFile,
-    close_fd,
     digest_of,
     is_hex_digest,
-    iter_link_dirs,
-    open_subdir_checked,
 )
 from ansible_collections.regwarden.registry.plugins.module_utils._writer import Changed, WriteRefused
 
-# (kind, path of the link directories inside a repository)
-LINK_KINDS = (
-    ("layer", ("_layers", "sha256")),
-    ("revision", ("_manifests", "revisions", "sha256")),
-)
+LINK_KINDS = ("layer", "revision")
 FINDING_KEYS = ("orphan_layer_links", "invalid_link_files", "zero_byte_blobs", "corrupt_blobs")
-HASH_CHUNK = 1 << 20
 
 
 def new_result():
@@ -53,27 +42,29 @@ def new_result():
     }
 
 
-def scan_blobs(path, registries=None, remove_orphans=False, verify_digests=False, check_mode=False,
+def scan_blobs(storage, registries=None, remove_orphans=False, verify_digests=False, check_mode=False,
                processes=None, allow_incomplete=False, max_findings=_driver.DEFAULT_MAX_FINDINGS):
-    """Scan the registries under ``path``; see the registry_blob_scan module for the result.
+    """Scan the registries of ``storage`` (a filesystem path or a backend); see the registry_blob_scan
+    module for the result.
 
     ``processes``: registries scanned at once (default: the usable CPUs, see _parallel).
     ``allow_incomplete`` False: IncompleteScan when a registry could not be scanned whole.
     """
     mode = _driver.mode_of(remove_orphans, check_mode)
+    storage = _driver.as_storage(storage)
 
-    def work(name, v2_root, _active):
-        return [scan_registry(name, v2_root, mode, verify_digests)]
+    def work(name, location, _active):
+        return [scan_registry(storage, name, location, mode, verify_digests)]
 
-    return _driver.run_analyses(path, [(analysis(mode), registries)], work, processes, allow_incomplete,
+    return _driver.run_analyses(storage, [(analysis(mode), registries)], work, processes, allow_incomplete,
                                 max_findings)[0]
 
 
-def scan_registry(name, v2_root, mode=_driver.REPORT, verify_digests=False):
+def scan_registry(storage, name, location, mode=_driver.REPORT, verify_digests=False):
     """One registry's blob scan, as a result of its own (merged by the caller)."""
     result = new_result()
-    with _driver.registry_writer(mode, name, v2_root) as writer:
-        walk_registry(name, v2_root, lambda blobs, errors: [
+    with _driver.registry_writer(mode, storage, name, location) as writer:
+        walk_registry(storage, name, location, lambda blobs, errors: [
             BlobScanner(name, blobs, errors, result, writer, verify_digests)])
     return result
 
@@ -134,19 +125,17 @@ class BlobScanner:
 
     def add_repository(self, repo_name, repo):
         self.counts["repositories"] += 1
-        for kind, parts in LINK_KINDS:
+        for kind in LINK_KINDS:
             states = {}
-            links_fd, refused = open_subdir_checked(repo.fd, parts, repo.path, self.errors)
-            if links_fd is not None:
-                try:
-                    refused = not self._scan_link_kind(repo_name, repo, os.path.join(repo.path, *parts), links_fd,
-                                                       kind, states)
-                finally:
-                    close_fd(links_fd)
+            with repo.open_links(kind) as links:
+                entries = links.entries()
+                if entries is not None:
+                    self._scan_link_kind(repo_name, links, entries, kind, states)
+                unreadable = links.unreadable
             if kind == "layer":
-                repo.record_layer_links(states, unreadable=refused)
+                repo.record_layer_links(states, unreadable=unreadable)
             else:
-                repo.record_revisions(states, unreadable=refused)
+                repo.record_revisions(states, unreadable=unreadable)
 
     def finish(self):
         """Add this registry's zero-byte blobs, digest scrub, summary and scan errors to the result."""
@@ -162,20 +151,14 @@ class BlobScanner:
         if self.verify_digests and blobs is not None:
             counts["corrupt_blobs"] = _verify_digests(name, blobs, result, self.errors)
         counts["blobs_checked"] = blobs.checked_count() if blobs is not None else 0
-        result["summary"][name] = counts
-        result["registries"].append(name)
-        result["scan_errors"].extend(self.errors.items)
-        if self.errors.incomplete:
-            result["incomplete_registries"].append(name)
+        record_registry(result, name, counts, self.errors)
 
-    def _scan_link_kind(self, repo, repo_links, links_dir, dir_fd, kind, states):
-        """Judge every link of one kind; False when the directory could not be listed to the end."""
-        try:
-            entries = list(iter_link_dirs(dir_fd))
-        except OSError as exc:
-            self.errors.add(links_dir, "cannot list directory: %s; its links not judged" % (exc.strerror or exc))
-            return False
+    def _scan_link_kind(self, repo, links, entries, kind, states):
+        """Judge every link of one kind (``links``: the listing of its directory)."""
+        links_dir = links.path
         name, blobs, result, counts = self.name, self.blobs, self.result, self.counts
+        read = links.read
+        data_state = blobs.data_state
         link_count = 0
         for entry, is_dir, is_link in entries:
             if is_link or not is_dir:
@@ -186,7 +169,7 @@ class BlobScanner:
                 _invalid(result, counts, name, repo, kind, None, os.path.join(links_dir, entry),
                          "directory name is not a sha256 digest")
                 continue
-            state, reason = repo_links.read_link(dir_fd, links_dir, entry, entry)
+            state, reason = read(entry)
             if state == LINK_MISSING:
                 counts["empty_link_dirs"] += 1
                 continue
@@ -199,12 +182,12 @@ class BlobScanner:
                 continue
             states[entry] = LINK_OK_STATE
             link_count += 1
-            data_state = blobs.data_state(entry)
-            if data_state == DATA_EMPTY and entry != EMPTY_SHA256:
+            state_of_data = data_state(entry)
+            if state_of_data == DATA_EMPTY and entry != EMPTY_SHA256:
                 self.zero_byte.setdefault(entry, set()).add(repo)
-            elif data_state == BLOB_UNREADABLE:
+            elif state_of_data == BLOB_UNREADABLE:
                 pass  # the blob store reported why: the link is not judged
-            elif data_state in BLOB_GONE_STATES and kind == "layer":
+            elif state_of_data in BLOB_GONE_STATES and kind == "layer":
                 link_path = os.path.join(links_dir, entry, "link")
                 counts["orphan_layer_links"] += 1
                 result["orphan_layer_links"].append({
@@ -215,12 +198,12 @@ class BlobScanner:
                     "blob_path": blobs.data_path(entry),
                     "reason": blobs.reason(entry),
                 })
-                if self.writer is not None and self._remove_orphan(dir_fd, entry, link_path) and self.writer.apply:
+                if self.writer is not None and self._remove_orphan(links.handle, entry, link_path) and \
+                        self.writer.apply:
                     del states[entry]
         counts[kind + "_links"] += link_count
-        return True
 
-    def _remove_orphan(self, dir_fd, hex_digest, link_path):
+    def _remove_orphan(self, links_handle, hex_digest, link_path):
         """Remove one orphan layer link through the writer, after checking again that it is still an orphan.
 
         True if it was (or, in check mode, would be) removed. Only the link file and its (then
@@ -234,7 +217,7 @@ class BlobScanner:
             return None
 
         try:
-            self.writer.remove_link(dir_fd, hex_digest, link_path, still_wanted)
+            self.writer.remove_link(links_handle, hex_digest, link_path, still_wanted)
         except Changed:
             return False  # repaired or changed since the scan: leave it
         except WriteRefused as exc:
@@ -271,7 +254,7 @@ def _verify_digests(name, blobs, result, errors):
         if data_state == BLOB_UNREADABLE:
             continue  # the blob store reported why
         try:
-            actual = _sha256_file(blobs, hex_digest)
+            actual = blobs.sha256(hex_digest)
         except FileNotFoundError:
             continue
         except (NotRegularFile, OSError) as exc:
@@ -286,17 +269,3 @@ def _verify_digests(name, blobs, result, errors):
                 "actual_digest": digest_of(actual),
             })
     return corrupt
-
-
-def _sha256_file(blobs, hex_digest):
-    fd = blobs.open_data(hex_digest)
-    try:
-        digest = hashlib.sha256()
-        while True:
-            chunk = os.read(fd, HASH_CHUNK)
-            if not chunk:
-                break
-            digest.update(chunk)
-        return digest.hexdigest()
-    finally:
-        os.close(fd)

@@ -29,8 +29,6 @@ EXIT_CLEAN = 0
 EXIT_FINDINGS = 1
 EXIT_ERROR = 2
 
-BLOB_KINDS = ("orphan_layer_links", "invalid_link_files", "zero_byte_blobs", "corrupt_blobs")
-INDEX_KINDS = ("orphan_index_children", "broken_tags", "unservable_blobs", "invalid_manifests")
 DEFAULT_MAX_FINDINGS = 10000
 
 
@@ -105,7 +103,7 @@ def parse_args(argv):
 
 def run_scan(args):
     from ansible_collections.regwarden.registry.plugins.module_utils import _blob_scan, _index_audit
-    from ansible_collections.regwarden.registry.plugins.module_utils._storage import find_registries
+    from ansible_collections.regwarden.registry.plugins.module_utils._discovery import find_registries
     from ansible_collections.regwarden.registry.plugins.module_utils._storage_scan import scan_storage
 
     expected = _names(args.expect_registries) or []
@@ -141,6 +139,11 @@ def _escape_label(value):
 def render_scan_prom(report, success, now):
     """Prometheus text exposition: finding counts by registry and kind, scan errors and whether each
     registry was scanned whole, last run time, success."""
+    from ansible_collections.regwarden.registry.plugins.module_utils._blob_scan import FINDING_KEYS as BLOB_KINDS
+    from ansible_collections.regwarden.registry.plugins.module_utils._index_audit import (
+        FINDING_KEYS as INDEX_KINDS,
+    )
+
     lines = [
         "# HELP regwarden_scan_findings Storage findings of the last scan, by registry and kind.",
         "# TYPE regwarden_scan_findings gauge",
@@ -183,14 +186,16 @@ def render_scan_prom(report, success, now):
     return "\n".join(lines) + "\n"
 
 
-def write_atomically(path, text):
+def write_atomically(path, text, mode=0o644):
+    """Replace ``path`` with ``text``: a temp file in the same directory, then a rename (readers see
+    the old file or the new one, never a part)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".regwarden-", dir=directory)
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

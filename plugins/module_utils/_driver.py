@@ -1,6 +1,6 @@
 # Copyright: regwarden.registry contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Run analyses (blob scan, index audit, tag cleanup) over the registries under ``path``.
+"""Run analyses (blob scan, index audit, tag cleanup) over the registries of a storage backend.
 
 One driver for every scanner: it selects the registries, runs each registry's work in its own
 process (_parallel), turns a registry that fails into a registry-level scan error of that
@@ -15,14 +15,13 @@ checks everything and changes nothing) and "apply".
 
 import contextlib
 
+from ansible_collections.regwarden.registry.plugins.module_utils._fs_view import FilesystemStorage
 from ansible_collections.regwarden.registry.plugins.module_utils._parallel import map_registries, merge_results
 from ansible_collections.regwarden.registry.plugins.module_utils._storage import (
     IncompleteScan,
     ScanError,
     reportable,
-    select_registries,
 )
-from ansible_collections.regwarden.registry.plugins.module_utils._writer import StorageWriter, registry_lock
 
 REPORT = "report"
 CHECK = "check"
@@ -40,16 +39,21 @@ def mode_of(change, check_mode):
     return CHECK if check_mode else APPLY
 
 
+def as_storage(storage):
+    """A storage backend: a filesystem ``path`` (str) stands for FilesystemStorage(path)."""
+    return FilesystemStorage(storage) if isinstance(storage, str) or storage is None else storage
+
+
 @contextlib.contextmanager
-def registry_writer(mode, name, v2_root, cutoff=None):
+def registry_writer(mode, storage, name, location, cutoff=None):
     """The writer a registry's work may use: None in report mode; the registry's lock held in apply mode."""
     if mode not in MODES:
         raise ScanError("mode must be one of %s, not %r" % (", ".join(MODES), mode))
     if mode == REPORT:
         yield None
         return
-    with registry_lock(name, v2_root, take=mode == APPLY):
-        yield StorageWriter(apply=mode == APPLY, cutoff=cutoff)
+    with storage.lock(name, location, take=mode == APPLY):
+        yield storage.writer(apply=mode == APPLY, cutoff=cutoff)
 
 
 class Analysis:
@@ -61,16 +65,17 @@ class Analysis:
         self.finish_result = finish_result
 
 
-def run_analyses(path, plan, work, processes=None, allow_incomplete=False, max_findings=DEFAULT_MAX_FINDINGS):
-    """Results of ``plan`` ([(Analysis, wanted registry names or None for all)]) under ``path``.
+def run_analyses(storage, plan, work, processes=None, allow_incomplete=False, max_findings=DEFAULT_MAX_FINDINGS):
+    """Results of ``plan`` ([(Analysis, wanted registry names or None for all)]) over ``storage``.
 
-    ``work(name, v2_root, active)`` does one registry: ``active`` says, per analysis of the
+    ``work(name, location, active)`` does one registry: ``active`` says, per analysis of the
     plan, whether that registry is selected for it; it returns one result part per analysis
     (None where not active). ``processes``: registries at once (default: the usable CPUs).
     """
     if not isinstance(max_findings, int) or isinstance(max_findings, bool) or max_findings < 1:
         raise ScanError("max_findings must be a whole number of at least 1, not %r" % (max_findings,))
-    selections = [select_registries(path, wanted) for _analysis, wanted in plan]
+    selections = [storage.select(wanted) for _analysis, wanted in plan]
+    path = storage.describe()
     results = [analysis.new_result() for analysis, _wanted in plan]
     roots = {}
     for (selected, missing), result in zip(selections, results):
@@ -83,9 +88,9 @@ def run_analyses(path, plan, work, processes=None, allow_incomplete=False, max_f
     chosen = [{name for name, _v2_root in selected} for selected, _missing in selections]
     registries = [(name, roots[name]) for name in sorted(roots)]
 
-    def one_registry(name, v2_root):
+    def one_registry(name, location):
         active = tuple(name in names for names in chosen)
-        return _guarded(name, v2_root, active, plan, work)
+        return _guarded(name, location, active, plan, work)
 
     for parts in map_registries(one_registry, registries, processes):
         for part, result in zip(parts, results):

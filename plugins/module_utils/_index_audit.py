@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Decide from disk what a distribution 2.8 registry would serve, per repository.
 
-Rules (measured on 2.8.2, see DESIGN.md): a manifest is served by digest when its
+Rules (measured on 2.8.2, see docs/design.md): a manifest is served by digest when its
 revision link exists, or -- only when no revision link file exists -- its _layers link
 exists (the 2.8 linkPathFns fallback); an unreadable or garbage link answers 500; the
 blob data must exist. A blob is served when the repository's _layers link and the data
@@ -16,6 +16,7 @@ from ansible_collections.regwarden.registry.plugins.module_utils._manifest impor
 from ansible_collections.regwarden.registry.plugins.module_utils._repository import (
     ManifestCache,
     UnreadableManifest,
+    record_registry,
     walk_registry,
 )
 from ansible_collections.regwarden.registry.plugins.module_utils._storage import (
@@ -34,9 +35,10 @@ FINDING_KEYS = ("orphan_index_children", "broken_tags", "unservable_blobs", "inv
 DEFAULT_REGISTRIES = ("private",)
 
 
-def audit_indexes(path, registries=DEFAULT_REGISTRIES, repair=False, check_mode=False, processes=None,
+def audit_indexes(storage, registries=DEFAULT_REGISTRIES, repair=False, check_mode=False, processes=None,
                   allow_incomplete=False, max_findings=_driver.DEFAULT_MAX_FINDINGS):
-    """Audit the registries under ``path``; see the registry_index_audit module for the result.
+    """Audit the registries of ``storage`` (a filesystem path or a backend); see the registry_index_audit
+    module for the result.
 
     With ``repair``, orphan index children whose content is intact are relinked (in check
     mode only planned); every orphan-child finding says whether it is repairable.
@@ -44,19 +46,21 @@ def audit_indexes(path, registries=DEFAULT_REGISTRIES, repair=False, check_mode=
     ``allow_incomplete`` False: IncompleteScan when a registry could not be audited whole.
     """
     mode = _driver.mode_of(repair, check_mode)
+    storage = _driver.as_storage(storage)
 
-    def work(name, v2_root, _active):
-        return [audit_registry(name, v2_root, mode)]
+    def work(name, location, _active):
+        return [audit_registry(storage, name, location, mode)]
 
-    return _driver.run_analyses(path, [(analysis(mode), registries)], work, processes, allow_incomplete,
+    return _driver.run_analyses(storage, [(analysis(mode), registries)], work, processes, allow_incomplete,
                                 max_findings)[0]
 
 
-def audit_registry(name, v2_root, mode=_driver.REPORT):
+def audit_registry(storage, name, location, mode=_driver.REPORT):
     """One registry's audit, as a result of its own (merged by the caller)."""
     result = new_result()
-    with _driver.registry_writer(mode, name, v2_root) as writer:
-        walk_registry(name, v2_root, lambda blobs, errors: [IndexAuditor(name, blobs, errors, result, writer)])
+    with _driver.registry_writer(mode, storage, name, location) as writer:
+        walk_registry(storage, name, location, lambda blobs, errors: [
+            IndexAuditor(name, blobs, errors, result, writer)])
     return result
 
 
@@ -188,11 +192,7 @@ class IndexAuditor:
 
     def finish(self):
         """Add this registry's summary and scan errors to the result."""
-        self.result["summary"][self.name] = self.counts
-        self.result["registries"].append(self.name)
-        self.result["scan_errors"].extend(self.errors.items)
-        if self.errors.incomplete:
-            self.result["incomplete_registries"].append(self.name)
+        record_registry(self.result, self.name, self.counts, self.errors)
 
 
 class _RepositoryAudit:

@@ -90,7 +90,7 @@ def _write_links(repo, plan, writer):
                + [link for link in plan.links if link[0] == "revision"])
     for kind, hex_digest, path in ordered:
         parts = _LINK_PARTS[kind] + (hex_digest,)
-        if writer.write_link(repo.fd, repo.path, parts, hex_digest):
+        if writer.write_link(repo.write_base, parts, hex_digest):
             plan.written.append(path)
         if writer.apply:
             repo.mark_linked(kind, hex_digest)

@@ -10,8 +10,14 @@ found), never a traceback.
 import copy
 import traceback
 
+from ansible.module_utils.basic import AnsibleModule
+
 from ansible_collections.regwarden.registry.plugins.module_utils._driver import DEFAULT_MAX_FINDINGS
+from ansible_collections.regwarden.registry.plugins.module_utils._registry_http import ProbeError
 from ansible_collections.regwarden.registry.plugins.module_utils._storage import IncompleteScan, ScanError
+
+# Bad input or a run that could not be made: a plain message, no trace.
+CLEAR_ERRORS = (ScanError, ProbeError)
 
 DEFAULT_PATH = "/opt/registry/data"
 
@@ -29,6 +35,18 @@ def storage_argument_spec(fail_on_findings=True, **options):
     return spec
 
 
+def storage_module(fail_on_findings=True, **options):
+    """The AnsibleModule of a storage module: the shared options, the module's own, check mode."""
+    return AnsibleModule(argument_spec=storage_argument_spec(fail_on_findings, **options), supports_check_mode=True)
+
+
+def scan_options(module):
+    """The keyword arguments every analysis takes from the shared options and check mode."""
+    params = module.params
+    return {"check_mode": module.check_mode, "allow_incomplete": params["allow_incomplete"],
+            "max_findings": params["max_findings"]}
+
+
 def lines_diff(header, removed=(), added=()):
     """A diff of what a run removed (before) and wrote (after), one entry a line; None when nothing."""
     if not removed and not added:
@@ -41,8 +59,8 @@ def lines_diff(header, removed=(), added=()):
     }
 
 
-def run_storage_module(module, fact_name, scan, count_findings=None, fail_on_findings=False, diff=None):
-    """Run ``scan()`` (returning a result) and exit: the module's one way out.
+def run_and_exit(module, fact_name, scan, count_findings=None, fail_on_findings=False, diff=None):
+    """Run ``scan()`` (returning a result) and exit: every module's one way out.
 
     ``count_findings(result)``: how many findings the result holds (None: a writer with no
     findings of its own); ``diff(result)``: the diff when run with --diff.
@@ -51,7 +69,7 @@ def run_storage_module(module, fact_name, scan, count_findings=None, fail_on_fin
         result = scan()
     except IncompleteScan as exc:
         _fail(module, fact_name, str(exc) + " (set allow_incomplete: true to report it instead)", exc.result)
-    except ScanError as exc:
+    except CLEAR_ERRORS as exc:
         module.fail_json(msg=str(exc))
     except Exception as exc:  # a state no rule foresaw: a clear failure, with the trace for a bug report
         module.fail_json(msg="internal error: %s: %s" % (type(exc).__name__, exc), exception=traceback.format_exc())

@@ -152,7 +152,6 @@ def blob_problem(fetch, digest, size):
     return None
 
 
-
 # -- the walk -----------------------------------------------------------------------------
 
 

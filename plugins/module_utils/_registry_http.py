@@ -365,8 +365,8 @@ class _Auth:
                                 % (self.client.url, _short_url(realm)))
             if not self.username:
                 raise AuthError("%s requires authentication: the token server %s answered %d to an anonymous "
-                                "request; set username and password" % (self.client.url, _short_url(realm),
-                                                                          response.status))
+                                "request; set username and password"
+                                % (self.client.url, _short_url(realm), response.status))
             raise AuthError("authentication failed for %s as %s: %d from the token server %s%s" % (
                 self.client.url, self.username, response.status, _short_url(realm),
                 _suffix(registry_error(body) or _text(body))))

@@ -10,25 +10,27 @@ from ansible_collections.regwarden.registry.plugins.module_utils import _blob_sc
 from ansible_collections.regwarden.registry.plugins.module_utils._repository import walk_registry
 
 
-def scan_storage(path, blob_registries=None, index_registries=_index_audit.DEFAULT_REGISTRIES,
+def scan_storage(storage, blob_registries=None, index_registries=_index_audit.DEFAULT_REGISTRIES,
                  verify_digests=False, processes=None, allow_incomplete=False,
                  max_findings=_driver.DEFAULT_MAX_FINDINGS):
-    """Return (blob scan result, index audit result) for the registries under ``path``.
+    """Return (blob scan result, index audit result) for the registries of ``storage`` (a path or a backend).
 
     ``blob_registries``: names for the blob scan (None: all); ``index_registries``: names for
     the index audit; ``processes``: registries scanned at once (default: the usable CPUs).
     Nothing is changed. Scan errors met while walking a registry that both scans cover are
     reported in both results.
     """
-    def work(name, v2_root, active):
-        return scan_registry(name, v2_root, active[0], active[1], verify_digests)
+    storage = _driver.as_storage(storage)
+
+    def work(name, location, active):
+        return scan_registry(storage, name, location, active[0], active[1], verify_digests)
 
     plan = [(_blob_scan.analysis(), blob_registries), (_index_audit.analysis(), index_registries)]
-    blob, index = _driver.run_analyses(path, plan, work, processes, allow_incomplete, max_findings)
+    blob, index = _driver.run_analyses(storage, plan, work, processes, allow_incomplete, max_findings)
     return blob, index
 
 
-def scan_registry(name, v2_root, blob_scan, index_audit, verify_digests=False):
+def scan_registry(storage, name, location, blob_scan, index_audit, verify_digests=False):
     """[blob scan part or None, index audit part or None] of one registry, in one walk."""
     blob_result = _blob_scan.new_result() if blob_scan else None
     index_result = _index_audit.new_result() if index_audit else None
@@ -42,5 +44,5 @@ def scan_registry(name, v2_root, blob_scan, index_audit, verify_digests=False):
             made.append(_index_audit.IndexAuditor(name, blobs, errors, index_result))
         return made
 
-    walk_registry(name, v2_root, scanners)
+    walk_registry(storage, name, location, scanners)
     return [blob_result, index_result]

@@ -30,15 +30,14 @@ from ansible_collections.regwarden.registry.plugins.module_utils._manifest impor
 from ansible_collections.regwarden.registry.plugins.module_utils._repository import (
     ManifestCache,
     UnreadableManifest,
+    record_registry,
     walk_registry,
 )
 from ansible_collections.regwarden.registry.plugins.module_utils._storage import (
     LINK_OK,
     LINK_UNREADABLE,
     ScanError,
-    close_fd,
     digest_of,
-    open_subdir,
 )
 from ansible_collections.regwarden.registry.plugins.module_utils._writer import Changed, WriteRefused, race_point
 
@@ -120,10 +119,11 @@ def finish_result(result, mode):
     return result
 
 
-def cleanup_tags(path, keep, include=None, exclude=None, rules=None, registries=DEFAULT_REGISTRIES,
+def cleanup_tags(storage, keep, include=None, exclude=None, rules=None, registries=DEFAULT_REGISTRIES,
                  delete_untagged=False, check_mode=False, grace_period=DEFAULT_GRACE_PERIOD, processes=None,
                  allow_incomplete=False, max_findings=_driver.DEFAULT_MAX_FINDINGS, now=None):
-    """Clean up tags in the registries under ``path``; see the registry_tag_cleanup module.
+    """Clean up tags in the registries of ``storage`` (a filesystem path or a backend); see the
+    registry_tag_cleanup module.
 
     ``grace_period``: seconds before the start of the run (``now``, default the clock) within
     which a tag, revision or layer link written is never removed.
@@ -133,16 +133,18 @@ def cleanup_tags(path, keep, include=None, exclude=None, rules=None, registries=
         raise ScanError("grace_period must be a whole number of seconds, 0 or more (got %r)" % (grace_period,))
     cutoff = (time.time() if now is None else now) - grace_period
     mode = _driver.mode_of(True, check_mode)
+    storage = _driver.as_storage(storage)
 
-    def work(name, v2_root, _active):
+    def work(name, location, _active):
         result = new_result()
-        with _driver.registry_writer(mode, name, v2_root, cutoff) as writer:
-            walk_registry(name, v2_root, lambda _blobs, errors: [
-                TagCleaner(name, _blobs, errors, result, writer, default, policies, delete_untagged, cutoff)])
+        with _driver.registry_writer(mode, storage, name, location, cutoff) as writer:
+            walk_registry(storage, name, location, lambda blobs, errors: [
+                TagCleaner(name, blobs, errors, result, writer, default, policies, delete_untagged, cutoff)])
         return [result]
 
     analysis = _driver.Analysis("tag_cleanup", new_result, lambda result: finish_result(result, mode))
-    return _driver.run_analyses(path, [(analysis, registries)], work, processes, allow_incomplete, max_findings)[0]
+    return _driver.run_analyses(storage, [(analysis, registries)], work, processes, allow_incomplete,
+                                max_findings)[0]
 
 
 class _Skip(Exception):
@@ -166,11 +168,7 @@ class TagCleaner:
                        "removed_layer_links": 0}
 
     def finish(self):
-        self.result["summary"][self.name] = self.counts
-        self.result["registries"].append(self.name)
-        self.result["scan_errors"].extend(self.errors.items)
-        if self.errors.incomplete:
-            self.result["incomplete_registries"].append(self.name)
+        record_registry(self.result, self.name, self.counts, self.errors)
 
     def add_repository(self, repo_name, repo):
         self.counts["repositories"] += 1
@@ -256,20 +254,14 @@ class TagCleaner:
         """The revisions among ``candidates`` whose link was written after the cutoff (or whose time is unknown)."""
         if not candidates:
             return set()
-        revisions_fd = open_subdir(repo.fd, ("_manifests", "revisions", "sha256"), repo.path, self.errors)
-        if revisions_fd is None:
-            raise _Skip("the revisions directory could not be read")
-        recent = set()
-        try:
+        with repo.directory("revision") as revisions:
+            if revisions is None:
+                raise _Skip("the revisions directory could not be read")
+            recent = set()
             for hex_digest in candidates:
-                try:
-                    mtime = os.stat(hex_digest + "/link", dir_fd=revisions_fd, follow_symlinks=False).st_mtime
-                except OSError:
-                    mtime = None  # unknown: treated as recent, never removed
+                mtime = repo.revision_mtime(revisions, hex_digest)
                 if mtime is None or mtime > self.cutoff:
-                    recent.add(hex_digest)
-        finally:
-            close_fd(revisions_fd)
+                    recent.add(hex_digest)  # an unknown time counts as recent: never removed
         return recent
 
     def _blobs_of(self, manifests):
@@ -284,14 +276,13 @@ class TagCleaner:
         if not doomed:
             return 0
         removed = 0
-        tags_dir = os.path.join(repo.path, "_manifests", "tags")
-        race_point("plan", "remove_tags", tags_dir)
-        tags_fd = open_subdir(repo.fd, ("_manifests", "tags"), repo.path, self.errors)
-        try:
+        race_point("plan", "remove_tags", repo.tags_dir)
+        with repo.directory("tags") as tags_handle:
             for tag in doomed:
                 link = tags[tag]
-                path = os.path.join(tags_dir, tag)
-                if not self._change(path, "tag not removed", self.writer.remove_tag, tags_fd, tag, link.target, path):
+                path = os.path.join(repo.tags_dir, tag)
+                if not self._change(path, "tag not removed", self.writer.remove_tag, tags_handle, tag, link.target,
+                                    path):
                     continue
                 self.result["removed_tags"].append({
                     "registry": self.name,
@@ -303,36 +294,30 @@ class TagCleaner:
                 })
                 self.counts["removed_tags"] += 1
                 removed += 1
-        finally:
-            close_fd(tags_fd)
         return removed
 
     def _remove_untagged(self, repo_name, repo, untagged, freed):
-        race_point("plan", "remove_revisions", repo.revisions_dir)
-        revisions_fd = open_subdir(repo.fd, ("_manifests", "revisions", "sha256"), repo.path, self.errors) \
-            if untagged else None
-        try:
-            for hex_digest in untagged:
-                path = repo.revision_path(hex_digest)
-                if self._change(path, "revision link not removed", self.writer.remove_link, revisions_fd, hex_digest,
-                                path):
-                    self.result["removed_revisions"].append({
-                        "registry": self.name, "repo": repo_name, "digest": digest_of(hex_digest), "path": path,
-                    })
-                    self.counts["removed_revisions"] += 1
-        finally:
-            close_fd(revisions_fd)
+        if untagged:
+            race_point("plan", "remove_revisions", repo.revisions_dir)
+            with repo.directory("revision") as revisions:
+                for hex_digest in untagged:
+                    path = repo.revision_path(hex_digest)
+                    if self._change(path, "revision link not removed", self.writer.remove_link, revisions,
+                                    hex_digest, path):
+                        self.result["removed_revisions"].append({
+                            "registry": self.name, "repo": repo_name, "digest": digest_of(hex_digest), "path": path,
+                        })
+                        self.counts["removed_revisions"] += 1
         freed = [hex_digest for hex_digest in freed if repo.layer_state(hex_digest)[0] == LINK_OK]
-        race_point("plan", "remove_layer_links", repo.layers_dir)
-        layers_fd = open_subdir(repo.fd, ("_layers", "sha256"), repo.path, self.errors) if freed else None
-        try:
-            for hex_digest in freed:
-                path = repo.layer_path(hex_digest)
-                if self._change(path, "layer link not removed", self.writer.remove_link, layers_fd, hex_digest, path):
-                    self.result["removed_layer_links"].append(path)
-                    self.counts["removed_layer_links"] += 1
-        finally:
-            close_fd(layers_fd)
+        if freed:
+            race_point("plan", "remove_layer_links", repo.layers_dir)
+            with repo.directory("layer") as layers:
+                for hex_digest in freed:
+                    path = repo.layer_path(hex_digest)
+                    if self._change(path, "layer link not removed", self.writer.remove_link, layers, hex_digest,
+                                    path):
+                        self.result["removed_layer_links"].append(path)
+                        self.counts["removed_layer_links"] += 1
 
     def _change(self, path, what, operation, *args):
         """Run one writer operation; True when done (or would be). Refusals and failures are scan errors."""

@@ -26,6 +26,7 @@ import os
 import secrets
 import stat
 
+from ansible_collections.regwarden.registry.plugins.module_utils._discovery import lock_dir_of
 from ansible_collections.regwarden.registry.plugins.module_utils._storage import (
     LINK_INVALID,
     LINK_MISSING,
@@ -37,10 +38,10 @@ from ansible_collections.regwarden.registry.plugins.module_utils._storage import
     classify_link_content,
     digest_of,
     iter_link_dirs,
-    lock_dir_of,
     open_dir,
     open_regular,
     read_link_at,
+    try_open_dir,
 )
 
 LINK_MODE = 0o644
@@ -91,12 +92,9 @@ def _require_dir_fd(fd, path):
 
 def _open_entry_dir(parent_fd, name, path):
     """Descriptor of parent/name, a real directory; Changed when it is gone, WriteRefused otherwise."""
-    try:
-        fd = open_dir(name, dir_fd=parent_fd)
-    except SymlinkRefused:
-        raise WriteRefused("%s is a symlink (never followed)" % path) from None
-    except OSError as exc:
-        raise WriteRefused("cannot open %s: %s" % (path, exc.strerror or exc)) from None
+    fd, problem = try_open_dir(name, parent_fd)
+    if problem:
+        raise WriteRefused("%s: %s" % (path, problem))
     if fd is None:
         try:
             os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
@@ -254,12 +252,15 @@ class StorageWriter:
         except OSError as exc:
             raise WriteRefused("%s: emptied but not removed: %s" % (path, exc.strerror or exc)) from None
 
-    def write_link(self, base_fd, base_path, parts, hex_digest):
+    def write_link(self, base, parts, hex_digest):
         """Write <base>/<parts...>/link = sha256:<hex> (as a push would), creating the directories.
+
+        ``base``: (descriptor, path) of the repository (the view's ``write_base``).
 
         Returns True when the link is (or, in check mode, would be) written, False when a valid
         one is already there. An invalid or unreadable link file is never overwritten.
         """
+        base_fd, base_path = base
         _require_dir_fd(base_fd, base_path)
         path = os.path.join(base_path, *parts)
         link_path = os.path.join(path, "link")
@@ -269,30 +270,9 @@ class StorageWriter:
         try:
             for part in parts:
                 current = os.path.join(current, part)
-                try:
-                    child = open_dir(part, dir_fd=fd)
-                except SymlinkRefused:
-                    raise WriteRefused("%s is a symlink (never followed)" % current) from None
-                except OSError as exc:
-                    raise WriteRefused("cannot open %s: %s" % (current, exc.strerror or exc)) from None
+                child = self._enter_or_make(fd, part, current)
                 if child is None:
-                    if not _is_missing_at(fd, part):
-                        raise WriteRefused("%s is not a directory" % current)
-                    if not self.apply:
-                        return True  # the rest of the chain does not exist yet: it would be created
-                    race_point("change", "mkdir", current)
-                    owner = _owner(fd)
-                    try:
-                        os.mkdir(part, DIR_MODE, dir_fd=fd)
-                        _chown_like(part, fd, owner)
-                    except FileExistsError:
-                        pass
-                    try:
-                        child = open_dir(part, dir_fd=fd)
-                    except (SymlinkRefused, OSError):
-                        child = None
-                    if child is None:
-                        raise WriteRefused("%s changed while it was created" % current)
+                    return True  # check mode: the rest of the chain does not exist yet, it would be created
                 if fd != base_fd:
                     os.close(fd)
                 fd = child
@@ -310,6 +290,29 @@ class StorageWriter:
         finally:
             if fd != base_fd:
                 os.close(fd)
+
+    def _enter_or_make(self, fd, part, path):
+        """Descriptor of the real directory fd/part, made when missing (None in check mode then)."""
+        child, problem = try_open_dir(part, fd)
+        if problem:
+            raise WriteRefused("%s: %s" % (path, problem))
+        if child is not None:
+            return child
+        if not _is_missing_at(fd, part):
+            raise WriteRefused("%s is not a directory" % path)
+        if not self.apply:
+            return None
+        race_point("change", "mkdir", path)
+        owner = _owner(fd)
+        try:
+            os.mkdir(part, DIR_MODE, dir_fd=fd)
+            _chown_like(part, fd, owner)
+        except FileExistsError:
+            pass
+        child, problem = try_open_dir(part, fd)
+        if child is None:
+            raise WriteRefused("%s changed while it was created" % path)
+        return child
 
 
 def _is_missing_at(dir_fd, name):

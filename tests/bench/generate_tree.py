@@ -8,7 +8,7 @@ Docker manifest lists, tags with current link and index history, upload leftover
 of every class the scanners report, injected at a small known rate.
 
 Next to the tree (`<out>/data`) it writes `<out>/damage.json`: what was injected and, computed
-from the in-memory model with the rules of DESIGN.md section 2, the exact findings each scanner
+from the in-memory model with the rules of docs/design.md section 2, the exact findings each scanner
 should report. damage.json is written last, so its presence marks a complete tree.
 
 Usage: generate_tree.py --links 100000 [--seed 1] [--out DIR] [--workers 2]
@@ -767,7 +767,7 @@ def blob_present(reg, hexd):
 
 
 def manifest_servable(reg, repo, hexd):
-    """DESIGN.md: a revision link or a `_layers` link, plus blob data (that parses).
+    """docs/design.md: a revision link or a `_layers` link, plus blob data (that parses).
 
     2.8 falls back to the `_layers` link only when the revision link file does not exist:
     a garbage revision link is an error (500), not a reason to look further.
@@ -783,7 +783,7 @@ def manifest_servable(reg, repo, hexd):
 
 
 def compute_expected(registries):
-    """Finding keys each scanner should report, from the model (the rules of DESIGN.md section 2)."""
+    """Finding keys each scanner should report, from the model (the rules of docs/design.md section 2)."""
     exp = {k: [] for k in ("orphan_layer_links", "invalid_link_files", "zero_byte_blobs",
                            "orphan_index_children", "broken_tags", "unservable_blobs",
                            "invalid_manifests")}

@@ -84,8 +84,8 @@ def child_main(mode, path, out_file, full, profile_file):
     else:
         sys.path.insert(0, COLLECTIONS)
         from ansible_collections.regwarden.registry.plugins.module_utils._blob_scan import scan_blobs
+        from ansible_collections.regwarden.registry.plugins.module_utils._discovery import find_registries
         from ansible_collections.regwarden.registry.plugins.module_utils._index_audit import audit_indexes
-        from ansible_collections.regwarden.registry.plugins.module_utils._storage import find_registries
         from ansible_collections.regwarden.registry.plugins.module_utils._storage_scan import scan_storage
 
         names = [name for name, _ in find_registries(path)]

@@ -27,11 +27,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from scripts.collection_artifact import build_and_install
 from tests.support import storage
 from tests.support.ansible_run import REPO_ROOT, ModuleRun, PlaybookRun, ansible_bin, run_module, run_playbook
 from tests.support.small_tree import SmallTree, build_small_tree
 
-MODULES = ("registry_blob_scan", "registry_index_audit", "registry_probe", "registry_tag_cleanup")
+MODULES = ("registry_blob_scan", "registry_htpasswd", "registry_index_audit", "registry_probe", "registry_tag_cleanup")
 ROLE = "regwarden.registry.docker_registry"
 COMMAND_TIMEOUT_S = 300
 
@@ -73,9 +74,12 @@ def _clean_environ() -> dict:
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Installed:
     base = tmp_path_factory.mktemp("galaxy")
-    build_dir, workdir, collections = base / "build", base / "work", base / "collections"
-    for directory in (build_dir, workdir, collections):
-        directory.mkdir()
+    workdir = base / "work"
+    workdir.mkdir()
+    galaxy = str(Path(ansible_bin()).with_name("ansible-galaxy"))
+    tarball, collection = build_and_install(base / "artifact", galaxy=galaxy)
+    assert tarball.name == f"regwarden-registry-{galaxy_version()}.tar.gz"
+    collections = collection.parents[2]
     # Only the install location: no .collections of the checkout, no library or module_utils.
     (workdir / "ansible.cfg").write_text(
         "[defaults]\n"
@@ -85,18 +89,7 @@ def installed(tmp_path_factory) -> Installed:
         "retry_files_enabled = False\n"
     )
     env = {"ANSIBLE_CONFIG": str(workdir / "ansible.cfg"), "ANSIBLE_COLLECTIONS_PATH": str(collections)}
-    galaxy = str(Path(ansible_bin()).with_name("ansible-galaxy"))
-    build = subprocess.run([galaxy, "collection", "build", "--output-path", str(build_dir), str(REPO_ROOT)],
-                           cwd=base, env={**_clean_environ(), **env}, capture_output=True, text=True,
-                           timeout=COMMAND_TIMEOUT_S, stdin=subprocess.DEVNULL, check=False)
-    assert build.returncode == 0, build.stdout + build.stderr
-    tarball = build_dir / f"regwarden-registry-{galaxy_version()}.tar.gz"
-    assert tarball.is_file(), build.stdout
-    target = Installed(tarball, workdir, collections, env)
-    # Offline: the collection depends on nothing (galaxy.yml), so no Galaxy server is asked.
-    install = target.run("ansible-galaxy", "collection", "install", str(tarball), "-p", str(collections))
-    assert install.returncode == 0, install.stdout + install.stderr
-    return target
+    return Installed(tarball, workdir, collections, env)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Self-tests of the harness, and the storage facts of DESIGN.md section 2 on the real registry.
+"""Self-tests of the harness, and the storage facts of docs/design.md section 2 on the real registry.
 
 If one of these fails, the module tests' ground truth is wrong, not the modules.
 """
@@ -117,7 +117,7 @@ def test_zero_byte_data_and_bad_links(registry):
 
 
 def test_gc_delete_untagged_breaks_tagged_indexes(registry):
-    """DESIGN fact: 2.8's --delete-untagged drops every untagged child's revision, keeps the
+    """Storage fact (docs/design.md section 2): 2.8's --delete-untagged drops every untagged child's revision, keeps the
     child manifest blobs, sweeps their configs and layers, and never removes _layers links."""
     client = RegistryClient(registry.url)
     index = make_multiarch(9)
@@ -197,7 +197,7 @@ def test_read_body_reports_a_cut_body(registry):
 
 
 def test_gc_delete_untagged_aborts_on_a_repo_without_tags_and_on_an_empty_registry(registry):
-    """DESIGN facts the maintenance timers depend on: both runs exit 1 and delete nothing."""
+    """Storage facts (docs/design.md section 2) the maintenance timers rely on: both exit 1, delete nothing."""
     empty = registry.garbage_collect(delete_untagged=True, check=False)
     assert empty.returncode == 1 and "Path not found" in empty.stderr + empty.stdout
     client = RegistryClient(registry.url)

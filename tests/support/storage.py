@@ -142,6 +142,8 @@ def snapshot(root: Path) -> dict[str, tuple]:
                 entries[rel] = ("symlink", os.readlink(full))
             elif stat.S_ISDIR(info.st_mode):
                 entries[rel] = ("dir",)
+            elif not stat.S_ISREG(info.st_mode):
+                entries[rel] = ("special", stat.S_IFMT(info.st_mode))  # a FIFO: never opened
             else:
                 with open(full, "rb") as handle:
                     entries[rel] = ("file", info.st_size, hashlib.sha256(handle.read()).hexdigest())

@@ -1,11 +1,11 @@
 """Fixtures for the unit tests: a scan `path` in tmp_path and registries built inside it.
 
-The tree builder lives in storage_tree.py (importable because pytest puts this rootdir-less
-directory on sys.path); a distinct name keeps it clear of tests/integration/conftest.py.
+The tree builder is tests/support/tree.py, the paths it writes come from tests/support/storage.py.
 """
 
 import pytest
-from storage_tree import RegistryTree
+
+from tests.support.tree import RegistryTree
 
 
 @pytest.fixture

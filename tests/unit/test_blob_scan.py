@@ -7,16 +7,16 @@ import shutil
 from collections import Counter
 
 import pytest
-from storage_tree import EMPTY_HEX, deny_access, digest, sha256_hex, snapshot
 
-from ansible_collections.regwarden.registry.plugins.module_utils import _blob_scan, _repository, _writer
+from ansible_collections.regwarden.registry.plugins.module_utils import _blob_scan, _fs_view, _writer
 from ansible_collections.regwarden.registry.plugins.module_utils._blob_scan import count_findings, scan_blobs
+from ansible_collections.regwarden.registry.plugins.module_utils._fs_view import BlobStore
 from ansible_collections.regwarden.registry.plugins.module_utils._storage import (
-    BlobStore,
     ScanError,
     ScanErrors,
     open_dir,
 )
+from tests.support.tree import EMPTY_HEX, deny_access, digest, sha256_hex, snapshot
 
 FINDING_LISTS = ("orphan_layer_links", "invalid_link_files", "zero_byte_blobs", "corrupt_blobs")
 
@@ -509,7 +509,7 @@ def _symlinked_repositories_dir(private, outside):
     pytest.param(_symlinked_repositories_dir, id="v2-repositories-is-a-symlink"),
 ])
 def test_remove_orphans_never_follows_a_symlinked_directory_out_of_path(private, storage, tmp_path, make_symlink):
-    # DESIGN 3 Safety: nothing outside `path` is ever touched; symlinks are never followed.
+    # docs/design.md section 4: nothing outside `path` is ever touched; symlinks are never followed.
     outside = tmp_path / "outside"
     hex_digest = sha256_hex(b"orphan outside the tree")
     outside_link = outside / "_layers" / "sha256" / hex_digest / "link"
@@ -645,13 +645,13 @@ def test_repo_removed_while_scanned(private, storage, monkeypatch):
 def test_link_removed_between_listing_and_reading(private, storage, monkeypatch):
     layer = private.push_blob("app", b"layer")
     private.remove_data(layer)
-    original = _repository.read_link_at
+    original = _fs_view.read_link_at
 
     def vanish_then_read(dir_fd, rel_path, expected_hex):
         shutil.rmtree(private.layer_link_path("app", layer).parent)
         return original(dir_fd, rel_path, expected_hex)
 
-    monkeypatch.setattr(_repository, "read_link_at", vanish_then_read)
+    monkeypatch.setattr(_fs_view, "read_link_at", vanish_then_read)
     result = scan_blobs(str(storage), remove_orphans=True)
     assert findings(result) == no_findings()
     assert result["scan_errors"] == []

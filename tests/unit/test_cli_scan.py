@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from storage_tree import digest
 
 from ansible_collections.regwarden.registry.plugins.module_utils import _cli
+from tests.support.tree import digest
 
 COLLECTIONS_DIR = Path(__file__).resolve().parents[2] / ".collections"
 BLOB_KINDS = ("orphan_layer_links", "invalid_link_files", "zero_byte_blobs", "corrupt_blobs")

@@ -1,4 +1,4 @@
-"""registry_index_audit logic: what a 2.8 registry would serve, decided from disk (DESIGN.md 2)."""
+"""registry_index_audit logic: what a 2.8 registry would serve, decided from disk (docs/design.md section 2)."""
 
 import json
 import os
@@ -6,7 +6,12 @@ import shutil
 from collections import Counter
 
 import pytest
-from storage_tree import (
+
+from ansible_collections.regwarden.registry.plugins.module_utils import _index_audit, _repository
+from ansible_collections.regwarden.registry.plugins.module_utils._fs_view import BlobStore
+from ansible_collections.regwarden.registry.plugins.module_utils._index_audit import audit_indexes
+from ansible_collections.regwarden.registry.plugins.module_utils._storage import ScanError
+from tests.support.tree import (
     AMD64,
     ARM64,
     DOCKER_LIST,
@@ -18,10 +23,6 @@ from storage_tree import (
     sha256_hex,
     snapshot,
 )
-
-from ansible_collections.regwarden.registry.plugins.module_utils import _index_audit, _repository
-from ansible_collections.regwarden.registry.plugins.module_utils._index_audit import audit_indexes
-from ansible_collections.regwarden.registry.plugins.module_utils._storage import BlobStore, ScanError
 
 FINDING_LISTS = ("orphan_index_children", "broken_tags", "unservable_blobs", "invalid_manifests")
 ATTESTATION = {"os": "unknown", "architecture": "unknown", "variant": None}

@@ -3,9 +3,8 @@
 import json
 import shutil
 
-from storage_tree import digest, snapshot
-
 from ansible_collections.regwarden.registry.plugins.module_utils._index_audit import audit_indexes, count_findings
+from tests.support.tree import digest, snapshot
 
 
 def gc_swept_child(tree, repo, hex_digest):

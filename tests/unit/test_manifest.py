@@ -3,7 +3,13 @@
 import json
 
 import pytest
-from storage_tree import (
+
+from ansible_collections.regwarden.registry.plugins.module_utils._manifest import (
+    MANIFEST_MAX_BYTES,
+    InvalidManifest,
+    parse_manifest,
+)
+from tests.support.tree import (
     DOCKER_CONFIG,
     DOCKER_LAYER,
     DOCKER_LIST,
@@ -13,12 +19,6 @@ from storage_tree import (
     OCI_LAYER,
     OCI_MANIFEST,
     sha256_hex,
-)
-
-from ansible_collections.regwarden.registry.plugins.module_utils._manifest import (
-    MANIFEST_MAX_BYTES,
-    InvalidManifest,
-    parse_manifest,
 )
 
 H1, H2, H3, H4 = (sha256_hex(str(n).encode()) for n in range(4))

@@ -13,13 +13,13 @@ import shutil
 import subprocess
 
 import pytest
-from storage_tree import deny_access, digest, sha256_hex, snapshot
 
 from ansible_collections.regwarden.registry.plugins.module_utils import _writer
 from ansible_collections.regwarden.registry.plugins.module_utils._blob_scan import scan_blobs
 from ansible_collections.regwarden.registry.plugins.module_utils._index_audit import audit_indexes, count_findings
 from ansible_collections.regwarden.registry.plugins.module_utils._storage import ScanError
 from ansible_collections.regwarden.registry.plugins.module_utils._tag_cleanup import cleanup_tags
+from tests.support.tree import deny_access, digest, sha256_hex, snapshot
 
 
 @pytest.fixture
@@ -216,7 +216,7 @@ def test_writer_refuses_a_missing_directory_descriptor():
     writer = _writer.StorageWriter(apply=True)
     for call in (lambda: writer.remove_link(None, "a" * 64, "/x/" + "a" * 64 + "/link"),
                  lambda: writer.remove_tag(None, "etc", "a" * 64, "/x/tags/etc"),
-                 lambda: writer.write_link(None, "/x", ("_layers", "sha256", "a" * 64), "a" * 64)):
+                 lambda: writer.write_link((None, "/x"), ("_layers", "sha256", "a" * 64), "a" * 64)):
         with pytest.raises(_writer.WriteRefused, match="no directory descriptor"):
             call()
 

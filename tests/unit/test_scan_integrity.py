@@ -13,7 +13,6 @@ import subprocess
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from storage_tree import deny_access, digest
 
 from ansible_collections.regwarden.registry.plugins.module_utils import _cli, _index_audit
 from ansible_collections.regwarden.registry.plugins.module_utils._blob_scan import scan_blobs
@@ -21,6 +20,7 @@ from ansible_collections.regwarden.registry.plugins.module_utils._index_audit im
 from ansible_collections.regwarden.registry.plugins.module_utils._storage import ScanError
 from ansible_collections.regwarden.registry.plugins.module_utils._storage_scan import scan_storage
 from ansible_collections.regwarden.registry.plugins.module_utils._tag_cleanup import cleanup_tags
+from tests.support.tree import deny_access, digest
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 

@@ -5,12 +5,9 @@ import os
 import pytest
 
 from ansible_collections.regwarden.registry.plugins.module_utils._blob_scan import scan_blobs
+from ansible_collections.regwarden.registry.plugins.module_utils._discovery import find_registries, select_registries
 from ansible_collections.regwarden.registry.plugins.module_utils._index_audit import audit_indexes
-from ansible_collections.regwarden.registry.plugins.module_utils._storage import (
-    ScanError,
-    find_registries,
-    select_registries,
-)
+from ansible_collections.regwarden.registry.plugins.module_utils._storage import ScanError
 
 SCANNERS = [pytest.param(scan_blobs, id="blob_scan"), pytest.param(audit_indexes, id="index_audit")]
 

@@ -8,8 +8,7 @@ import sys
 import pytest
 
 from ansible_collections.regwarden.registry.plugins.module_utils import (
-    _repository,
-    _storage,
+    _fs_view,
     _storage_scan,
 )
 from ansible_collections.regwarden.registry.plugins.module_utils._blob_scan import scan_blobs
@@ -95,8 +94,8 @@ def test_default_scope_audits_only_the_private_registry(generated):
 def test_each_link_read_and_each_blob_stated_once(generated, monkeypatch):
     reads = collections.Counter()
     stats = collections.Counter()
-    original_read = _storage.read_link_at
-    original_stat = _storage.BlobStore._stat
+    original_read = _fs_view.read_link_at
+    original_stat = _fs_view.BlobStore._stat
 
     def counting_read(dir_fd, rel_path, expected_hex):
         reads[os.path.join(os.readlink("/proc/self/fd/%d" % dir_fd), rel_path)] += 1
@@ -106,8 +105,8 @@ def test_each_link_read_and_each_blob_stated_once(generated, monkeypatch):
         stats[(self.name, hex_digest)] += 1
         return original_stat(self, hex_digest)
 
-    monkeypatch.setattr(_repository, "read_link_at", counting_read)
-    monkeypatch.setattr(_storage.BlobStore, "_stat", counting_stat)
+    monkeypatch.setattr(_fs_view, "read_link_at", counting_read)
+    monkeypatch.setattr(_fs_view.BlobStore, "_stat", counting_stat)
     # One process, so the counting wrappers see every call (each registry is one process's anyway).
     _storage_scan.scan_storage(generated["path"], index_registries=generated["registries"], processes=1)
     assert len(reads) > 1000 and len(stats) > 500

@@ -4,11 +4,11 @@ import json
 import os
 
 import pytest
-from storage_tree import digest, sha256_hex, snapshot
 
 from ansible_collections.regwarden.registry.plugins.module_utils._index_audit import audit_indexes, count_findings
 from ansible_collections.regwarden.registry.plugins.module_utils._storage import ScanError
 from ansible_collections.regwarden.registry.plugins.module_utils._tag_cleanup import cleanup_tags
+from tests.support.tree import digest, sha256_hex, snapshot
 
 
 def age_tags(tree, repo, tags_oldest_first, start=1_700_000_000):

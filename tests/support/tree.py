@@ -1,4 +1,6 @@
-"""Small distribution 2.8 storage trees built file by file in tmp dirs (unit test helper).
+"""Small distribution 2.8 storage trees built file by file in tmp dirs (the unit tests' builder).
+
+Paths come from tests/support/storage.py, the one place the tests know the layout.
 
 Media types are written out here on purpose (not imported from the plugin), so a typo
 in the plugin cannot make the tests agree with it.
@@ -8,8 +10,9 @@ import hashlib
 import json
 import os
 import shutil
-import stat
 from pathlib import Path
+
+from tests.support import storage
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -42,27 +45,27 @@ class RegistryTree:
         (self.v2 / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
         (self.v2 / "repositories").mkdir(parents=True, exist_ok=True)
 
-    # -- paths -------------------------------------------------------------------------
+    # -- paths (tests/support/storage.py knows the layout) -------------------------------
     def blob_dir(self, hex_digest):
-        return self.v2 / "blobs" / "sha256" / hex_digest[:2] / hex_digest
+        return storage.blob_dir(self.v2, digest(hex_digest))
 
     def data_path(self, hex_digest):
-        return self.blob_dir(hex_digest) / "data"
+        return storage.blob_data(self.v2, digest(hex_digest))
 
     def repo_dir(self, repo):
-        return self.v2 / "repositories" / repo
+        return storage.repo_dir(self.v2, repo)
 
     def layer_link_path(self, repo, hex_digest):
-        return self.repo_dir(repo) / "_layers" / "sha256" / hex_digest / "link"
+        return storage.layer_link(self.v2, repo, digest(hex_digest))
 
     def revision_link_path(self, repo, hex_digest):
-        return self.repo_dir(repo) / "_manifests" / "revisions" / "sha256" / hex_digest / "link"
+        return storage.revision_link(self.v2, repo, digest(hex_digest))
 
     def tag_dir(self, repo, tag):
-        return self.repo_dir(repo) / "_manifests" / "tags" / tag
+        return storage.tag_dir(self.v2, repo, tag)
 
     def tag_link_path(self, repo, tag):
-        return self.tag_dir(repo, tag) / "current" / "link"
+        return storage.tag_current_link(self.v2, repo, tag)
 
     # -- raw writes --------------------------------------------------------------------
     def put_blob(self, content):
@@ -193,28 +196,8 @@ class RegistryTree:
 
 
 def snapshot(root):
-    """Every entry under root: relpath -> ("dir",) | ("file", sha256) | ("symlink", target).
-
-    Symlinks are recorded, never followed, so the comparison covers them too.
-    """
-    entries = {}
-    stack = [str(root)]
-    while stack:
-        current = stack.pop()
-        with os.scandir(current) as it:
-            for entry in it:
-                rel = os.path.relpath(entry.path, root)
-                if entry.is_symlink():
-                    entries[rel] = ("symlink", os.readlink(entry.path))
-                elif entry.is_dir():
-                    entries[rel] = ("dir",)
-                    stack.append(entry.path)
-                elif not entry.is_file():
-                    entries[rel] = ("special", stat.S_IFMT(entry.stat(follow_symlinks=False).st_mode))  # a FIFO
-                else:
-                    with open(entry.path, "rb") as handle:
-                        entries[rel] = ("file", sha256_hex(handle.read()))
-    return entries
+    """Every entry under root, symlinks and FIFOs recorded, never followed or opened (tests/support/storage.py)."""
+    return storage.snapshot(root)
 
 
 def deny_access(monkeypatch, denied_path):
