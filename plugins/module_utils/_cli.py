@@ -50,6 +50,7 @@ def parse_args(argv):
 
     scan = commands.add_parser("scan", help="scan storage for damage (blob scan + index audit)")
     scan.add_argument("--path", default="/opt/registry/data", help="directory holding one directory per registry")
+    _storage_arguments(scan)
     scan.add_argument("--registries", help="comma-separated registries for the blob scan (default: all)")
     scan.add_argument("--index-registries", default="private",
                       help="comma-separated registries for the index audit (default: private); each must exist")
@@ -64,6 +65,7 @@ def parse_args(argv):
 
     cleanup = commands.add_parser("tag-cleanup", help="keep the newest tags per repository")
     cleanup.add_argument("--path", default="/opt/registry/data")
+    _storage_arguments(cleanup)
     cleanup.add_argument("--registries", default="private", help="comma-separated registries (default: private)")
     cleanup.add_argument("--keep", type=int, default=10, help="tags to keep per repository, newest first")
     cleanup.add_argument("--include", help="regular expression of tags considered for removal")
@@ -101,23 +103,70 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+def _storage_arguments(parser):
+    parser.add_argument("--storage", choices=("filesystem", "s3"), default="filesystem",
+                        help="where the registries keep their data (default: filesystem, under --path)")
+    parser.add_argument("--s3-config",
+                        help="with --storage s3: JSON file of the s3 settings (endpoint_url, bucket, prefix, region, "
+                             "access_key, secret_key, ca_bundle, validate_certs, verify_links); mode 0600 when it "
+                             "holds a secret")
+
+
+def read_s3_config(path):
+    """The s3 settings of ``path``: a regular file (no symlink), not readable by group or others when it
+    holds a secret. Errors name the file, never its content."""
+    if not path:
+        raise CommandError("--storage s3 needs --s3-config FILE")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise CommandError("cannot open --s3-config %s: %s" % (path, exc.strerror or exc)) from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise CommandError("--s3-config %s is not a regular file" % path)
+        text = handle.read(65536 + 1)
+    if len(text) > 65536:
+        raise CommandError("--s3-config %s is larger than 64 KiB" % path)
+    try:
+        settings = json.loads(text.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise CommandError("--s3-config %s is not a JSON object of settings" % path) from None
+    if not isinstance(settings, dict):
+        raise CommandError("--s3-config %s is not a JSON object of settings" % path)
+    if settings.get("secret_key") and info.st_mode & 0o077:
+        raise CommandError("--s3-config %s holds a secret and is readable by others (mode %04o): chmod 600 it"
+                           % (path, stat.S_IMODE(info.st_mode)))
+    return settings
+
+
+def storage_from_args(args):
+    """The --path, or the S3 backend of --s3-config."""
+    if args.storage != "s3":
+        return args.path
+    from ansible_collections.regwarden.registry.plugins.module_utils._s3_view import S3Storage
+
+    return S3Storage(read_s3_config(args.s3_config))
+
+
 def run_scan(args):
     from ansible_collections.regwarden.registry.plugins.module_utils import _blob_scan, _index_audit
-    from ansible_collections.regwarden.registry.plugins.module_utils._discovery import find_registries
+    from ansible_collections.regwarden.registry.plugins.module_utils._driver import as_storage
     from ansible_collections.regwarden.registry.plugins.module_utils._storage_scan import scan_storage
 
+    storage = as_storage(storage_from_args(args))
     expected = _names(args.expect_registries) or []
     blob_registries = _names(args.registries)
     if blob_registries is None and expected:
         # Every registry there, and the expected ones whether there or not (missing is an error).
-        blob_registries = sorted({name for name, _v2_root in find_registries(args.path)} | set(expected))
-    blob, index = scan_storage(args.path, blob_registries=blob_registries,
+        blob_registries = sorted({name for name, _location in storage.select(None)[0]} | set(expected))
+    blob, index = scan_storage(storage, blob_registries=blob_registries,
                                index_registries=_names(args.index_registries) or [],
                                verify_digests=args.verify_digests, allow_incomplete=True,
                                max_findings=args.max_findings)
     return {
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "path": os.path.abspath(args.path),
+        "path": storage.describe() if storage.kind == "s3" else os.path.abspath(args.path),
         "findings": _blob_scan.count_findings(blob, include_errors=False)
         + _index_audit.count_findings(index, include_errors=False),
         "scan_errors": sorted({_error_key(e): e for e in blob["scan_errors"] + index["scan_errors"]}.values(),
@@ -262,7 +311,7 @@ def command_tag_cleanup(args):
         if rules is not None and not isinstance(rules, list):
             raise CommandError("--rules must be a JSON list of objects")
         result = _tag_cleanup.cleanup_tags(
-            args.path, args.keep, include=args.include, exclude=args.exclude, rules=rules,
+            storage_from_args(args), args.keep, include=args.include, exclude=args.exclude, rules=rules,
             registries=_names(args.registries), delete_untagged=args.delete_untagged,
             grace_period=args.grace_period, allow_incomplete=True)
         if result["scan_errors"] or result["incomplete_registries"]:

@@ -20,7 +20,7 @@ from ansible_collections.regwarden.registry.plugins.module_utils._storage import
     LINK_UNREADABLE,
     digest_of,
 )
-from ansible_collections.regwarden.registry.plugins.module_utils._writer import StorageWriter, WriteRefused
+from ansible_collections.regwarden.registry.plugins.module_utils._writer import WriteRefused
 
 REPAIRABLE = "repairable"  # found by a plain audit (repair off)
 WOULD_REPAIR = "would repair"  # check mode
@@ -103,7 +103,7 @@ def apply_child_repair(repo, plan, writer):
     link file in the way): check mode and the real run refuse the same children.
     """
     try:
-        _write_links(repo, plan, StorageWriter(apply=False))
+        _write_links(repo, plan, writer.checking())
     except (WriteRefused, OSError) as exc:
         plan.status = NOT_REPAIRED
         plan.reason = "not relinked: %s" % _text(exc)

@@ -21,11 +21,28 @@ CLEAR_ERRORS = (ScanError, ProbeError)
 
 DEFAULT_PATH = "/opt/registry/data"
 
+# The ``s3`` option's settings (validated by _s3_view.s3_settings, which names every bad value).
+S3_OPTIONS = dict(
+    endpoint_url=dict(type="str"),
+    bucket=dict(type="str", required=True),
+    prefix=dict(type="str", default=""),
+    region=dict(type="str"),
+    access_key=dict(type="str", no_log=True),
+    secret_key=dict(type="str", no_log=True),
+    ca_bundle=dict(type="path"),
+    validate_certs=dict(type="bool", default=True),
+    verify_links=dict(type="bool", default=False),
+    cache_dir=dict(type="path"),
+    workers=dict(type="int"),
+)
+
 
 def storage_argument_spec(fail_on_findings=True, **options):
     """The options every storage module shares, plus the module's own ``options``."""
     spec = dict(
         path=dict(type="path", default=DEFAULT_PATH),
+        storage=dict(type="str", default="filesystem", choices=["filesystem", "s3"]),
+        s3=dict(type="dict", options=S3_OPTIONS),
         allow_incomplete=dict(type="bool", default=False),
         max_findings=dict(type="int", default=DEFAULT_MAX_FINDINGS),
     )
@@ -37,7 +54,20 @@ def storage_argument_spec(fail_on_findings=True, **options):
 
 def storage_module(fail_on_findings=True, **options):
     """The AnsibleModule of a storage module: the shared options, the module's own, check mode."""
-    return AnsibleModule(argument_spec=storage_argument_spec(fail_on_findings, **options), supports_check_mode=True)
+    return AnsibleModule(argument_spec=storage_argument_spec(fail_on_findings, **options), supports_check_mode=True,
+                         required_if=[("storage", "s3", ("s3",))])
+
+
+def storage_of(params):
+    """What the analyses scan: the ``path`` (filesystem) or an S3 backend built from ``s3``.
+
+    Called inside the module's scan, so a bad S3 setting is a clear failure (ScanError).
+    """
+    if params["storage"] != "s3":
+        return params["path"]
+    from ansible_collections.regwarden.registry.plugins.module_utils._s3_view import S3Storage
+
+    return S3Storage(params["s3"])
 
 
 def scan_options(module):

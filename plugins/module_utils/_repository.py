@@ -103,3 +103,9 @@ def walk_registry(storage, name, location, make_scanners):
                 scanner.add_repository(repo.name, repo)
         for scanner in scanners:
             scanner.finish()
+        statistics = getattr(view, "statistics", None)
+        if statistics is not None:
+            # Requests a remote backend made for this walk (all its scanners together).
+            requests = statistics()
+            for scanner in scanners:
+                scanner.counts["storage_requests"] = requests

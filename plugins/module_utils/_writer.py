@@ -1,6 +1,6 @@
 # Copyright: regwarden.registry contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The only code that changes a registry's filesystem storage.
+"""The only code that changes a registry's storage: StorageWriter on a filesystem, S3Writer in a bucket.
 
 It may remove link files (and the digest directory that held them), remove tag directories,
 and write link files, nothing else: never blob data, never a path outside the registry.
@@ -155,17 +155,61 @@ def registry_lock(name, v2_root, take=True):
     if fd is None:
         raise ScanError("registry %s: %s is not a directory" % (name, root))
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise LockHeld("registry %s is being changed by another run: its lock (flock on %s) is held by "
-                               "a maintenance timer, the scanner CLI or another module run; nothing was changed, "
-                               "try again when it has finished" % (name, root)) from None
-            raise ScanError("registry %s: cannot lock %s: %s" % (name, root, exc.strerror or exc)) from None
+        _flock_now(fd, name, root)
         yield
     finally:
         os.close(fd)  # closing releases the flock
+
+
+def _flock_now(fd, name, path):
+    """flock ``fd`` without waiting: LockHeld (naming ``path``) when another writer holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise LockHeld("registry %s is being changed by another run: its lock (flock on %s) is held by "
+                           "a maintenance timer, the scanner CLI or another module run; nothing was changed, "
+                           "try again when it has finished" % (name, path)) from None
+        raise ScanError("registry %s: cannot lock %s: %s" % (name, path, exc.strerror or exc)) from None
+
+
+@contextlib.contextmanager
+def file_lock(name, path, take=True):
+    """Hold the registry's lock in a lock file of this host (backends without a directory to
+    flock, such as S3): ``path`` is made (0600, never through a symlink) in a directory only
+    this user can write. Non-blocking, like registry_lock."""
+    if not take:
+        yield
+        return
+    directory = os.path.dirname(path)
+    ensure_private_dir(directory)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | _O_NOFOLLOW | _O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise ScanError("registry %s: cannot open its lock file %s: %s" % (name, path, exc.strerror or exc)) from None
+    try:
+        _flock_now(fd, name, path)
+        yield
+    finally:
+        os.close(fd)
+
+
+def ensure_private_dir(path):
+    """Make ``path`` (mode 0700) or accept an existing one that only this user can write; ScanError otherwise."""
+    try:
+        os.makedirs(path, 0o700, exist_ok=True)
+        info = os.lstat(path)
+    except OSError as exc:
+        raise ScanError("cannot create %s: %s (set s3.cache_dir to a directory this user may write)"
+                        % (path, exc.strerror or exc)) from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise ScanError("%s is not a directory (a symlink is never followed)" % path)
+    if hasattr(os, "geteuid") and info.st_uid != os.geteuid():
+        raise ScanError("%s belongs to another user: the manifest cache and lock files must be this user's own"
+                        % path)
+    if info.st_mode & 0o022:
+        raise ScanError("%s is writable by others (mode %o): anyone could plant manifests or hold the lock; "
+                        "chmod go-w it" % (path, stat.S_IMODE(info.st_mode)))
 
 
 class StorageWriter:
@@ -178,6 +222,10 @@ class StorageWriter:
     def __init__(self, apply, cutoff=None):
         self.apply = apply
         self.cutoff = cutoff
+
+    def checking(self):
+        """A writer of the same storage that checks everything and changes nothing."""
+        return StorageWriter(apply=False, cutoff=self.cutoff)
 
     def _check_recent(self, mtime, path):
         if self.cutoff is not None and mtime > self.cutoff:
@@ -404,3 +452,130 @@ def _entries(dir_fd, path):
         return list(iter_link_dirs(dir_fd))
     except OSError as exc:
         raise WriteRefused("cannot list %s: %s" % (path, exc.strerror or exc)) from None
+
+
+class S3Writer:
+    """The same changes as StorageWriter, on an S3 bucket: object deletes and puts.
+
+    Handles are key prefixes (the view's ``directory``/``handle``/``write_base``), never built
+    from anything but the listing of the registry being changed and validated digests.
+    S3 has no rename and no compare-and-delete: every change re-reads what it changes right
+    before (the link's content and its LastModified against the cutoff), as on a filesystem,
+    and check mode (``apply`` False) re-reads exactly the same and changes nothing.
+    """
+
+    def __init__(self, s3, apply, cutoff=None):
+        self.s3 = s3
+        self.apply = apply
+        self.cutoff = cutoff
+
+    def checking(self):
+        """A writer of the same bucket that checks everything and changes nothing."""
+        return S3Writer(self.s3, apply=False, cutoff=self.cutoff)
+
+    def _check_recent(self, mtime, path):
+        if self.cutoff is not None and mtime is not None and mtime > self.cutoff:
+            raise Changed("%s was written after the cutoff of this run (a recent push): left alone" % path)
+
+    def _read_link(self, key, path):
+        info = self.s3.head(key)
+        if info is None:
+            raise Changed("%s is gone" % path)
+        content = self.s3.get(key, 256)
+        if content is None:
+            raise Changed("%s is gone" % path)
+        return content, info[2]
+
+    def remove_link(self, dir_key, hex_digest, path, still_wanted=None):
+        """Delete <dir_key><hex>/link when it still names ``hex_digest`` and is older than the cutoff."""
+        _require_key_prefix(dir_key, path)
+        key = "%s%s/link" % (dir_key, hex_digest)
+        race_point("open", "remove_link", path)
+        content, mtime = self._read_link(key, path)
+        state, _target, _reason = classify_link_content(content, hex_digest)
+        if state != LINK_OK:
+            raise Changed("%s no longer holds %s" % (path, digest_of(hex_digest)))
+        self._check_recent(mtime, path)
+        if still_wanted is not None:
+            reason = still_wanted()
+            if reason:
+                raise Changed(reason)
+        if not self.apply:
+            return
+        race_point("change", "remove_link", path)
+        self.s3.delete(key)
+        self._remove_directories(dir_key, [key])
+
+    def remove_tag(self, tags_key, tag, expected_hex, path):
+        """Delete every object of the tag <tags_key><tag>/ (current/link first, so the tag stops
+        resolving before its history goes), when current still names ``expected_hex``."""
+        _require_key_prefix(tags_key, path)
+        if not tag or "/" in tag:
+            raise WriteRefused("%s: not a tag name" % path)
+        race_point("open", "remove_tag", path)
+        prefix = "%s%s/" % (tags_key, tag)
+        current = prefix + "current/link"
+        content, mtime = self._read_link(current, path + "/current/link")
+        state, target, _reason = classify_link_content(content, None)
+        if state != LINK_OK or target != expected_hex:
+            raise Changed("tag %s no longer points at %s" % (path, digest_of(expected_hex)))
+        self._check_recent(mtime, path)
+        keys = []
+        for objects, _prefixes in self.s3.list_pages(prefix):
+            for key, _size, _etag, _mtime in objects:
+                if key[len(prefix):].count("/") >= TAG_TREE_MAX_DEPTH:
+                    raise WriteRefused("%s is nested deeper than a tag directory can be: left alone" % key)
+                keys.append(key)
+                if len(keys) > TAG_TREE_MAX_ENTRIES:
+                    raise WriteRefused("%s holds more than %d objects: not the registry's, left alone"
+                                       % (path, TAG_TREE_MAX_ENTRIES))
+        if not self.apply:
+            return
+        race_point("change", "remove_tag", path)
+        self.s3.delete(current)
+        for key in keys:
+            if key != current:
+                self.s3.delete(key)
+        self._remove_directories(tags_key, keys)
+
+    def _remove_directories(self, base_key, keys):
+        """Delete the "directories" the removed ``keys`` leave below ``base_key``, deepest first.
+
+        Stores built on a filer (SeaweedFS) keep a directory after its last object is gone, and
+        a delimiter listing shows it: the registry's tag list would still name a removed tag.
+        Deleting a directory that still holds objects does nothing there; on AWS S3 these keys
+        do not exist and the deletes are no-ops.
+        """
+        directories = set()
+        for key in keys:
+            rest = key[len(base_key):].split("/")[:-1]
+            directories.update(base_key + "/".join(rest[:depth]) + "/" for depth in range(1, len(rest) + 1))
+        for directory in sorted(directories, key=lambda d: (-d.count("/"), d)):
+            self.s3.delete(directory)
+
+    def write_link(self, base, parts, hex_digest):
+        """Put <base key><parts...>/link = sha256:<hex> unless a link is there; True when (or, in
+        check mode, if) it is written. An invalid or unreadable link is never overwritten."""
+        base_key, base_path = base
+        _require_key_prefix(base_key, base_path)
+        key = base_key + "/".join(parts) + "/link"
+        link_path = "/".join((base_path, *parts, "link"))
+        race_point("open", "write_link", link_path)
+        content = self.s3.get(key, 256)
+        if content is not None:
+            state, _target, reason = classify_link_content(content, hex_digest)
+            if state == LINK_OK:
+                return False
+            raise WriteRefused("%s exists and is %s (%s): never overwritten, inspect it by hand"
+                               % (link_path, state, reason))
+        if not self.apply:
+            return True
+        race_point("change", "write_link", link_path)
+        self.s3.put(key, digest_of(hex_digest).encode("ascii"))
+        return True
+
+
+def _require_key_prefix(key, path):
+    """Refuse anything but a key prefix of a registry (a str ending in "/" and below docker/registry/v2/)."""
+    if not isinstance(key, str) or not key.endswith("/") or "/docker/registry/v2/" not in "/" + key:
+        raise WriteRefused("%s: no key prefix of a registry to work in" % path)

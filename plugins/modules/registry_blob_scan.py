@@ -19,8 +19,9 @@ def main():
     params = module.params
     common.run_and_exit(
         module, "registry_blob_scan",
-        lambda: scan_blobs(params["path"], registries=params["registries"], remove_orphans=params["remove_orphans"],
-                           verify_digests=params["verify_digests"], **common.scan_options(module)),
+        lambda: scan_blobs(common.storage_of(params), registries=params["registries"],
+                           remove_orphans=params["remove_orphans"], verify_digests=params["verify_digests"],
+                           **common.scan_options(module)),
         count_findings, params["fail_on_findings"],
         lambda result: common.lines_diff("orphan layer links", removed=result["removed_links"]))
 

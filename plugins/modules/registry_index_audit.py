@@ -19,7 +19,7 @@ def main():
     params = module.params
     common.run_and_exit(
         module, "registry_index_audit",
-        lambda: audit_indexes(params["path"], registries=params["registries"], repair=params["repair"],
+        lambda: audit_indexes(common.storage_of(params), registries=params["registries"], repair=params["repair"],
                               **common.scan_options(module)),
         count_findings, params["fail_on_findings"],
         lambda result: common.lines_diff("index child links", added=result["repaired_links"]))

@@ -38,9 +38,10 @@ def main():
     rules = [{key: value for key, value in rule.items() if value is not None} for rule in params["rules"] or []]
     common.run_and_exit(
         module, "registry_tag_cleanup",
-        lambda: cleanup_tags(params["path"], params["keep"], include=params["include"], exclude=params["exclude"],
-                             rules=rules, registries=params["registries"], delete_untagged=params["delete_untagged"],
-                             grace_period=params["grace_period"], **common.scan_options(module)),
+        lambda: cleanup_tags(common.storage_of(params), params["keep"], include=params["include"],
+                             exclude=params["exclude"], rules=rules, registries=params["registries"],
+                             delete_untagged=params["delete_untagged"], grace_period=params["grace_period"],
+                             **common.scan_options(module)),
         diff=_diff)
 
 

@@ -14,6 +14,22 @@ from pathlib import Path
 from . import storage
 from .oci import RegistryClient
 from .registry import Registry
+from .s3path import S3Path
+
+
+def _rmtree(path) -> None:
+    if isinstance(path, S3Path):
+        path.rmtree()
+    else:
+        shutil.rmtree(path)
+
+
+def _truncate(path, keep: int) -> None:
+    """Keep the first ``keep`` bytes (on S3: the object rewritten with them, as a cut copy leaves it)."""
+    if isinstance(path, S3Path):
+        path.write_bytes(path.read_bytes()[:keep])
+    else:
+        os.truncate(path, keep)
 
 
 def rmtree_tag(registry: Registry, repo: str, tag: str) -> Path:
@@ -22,7 +38,7 @@ def rmtree_tag(registry: Registry, repo: str, tag: str) -> Path:
     The revision links stay; the manifest is now untagged (food for ``--delete-untagged``).
     """
     path = storage.tag_dir(registry.v2, repo, tag)
-    shutil.rmtree(path)
+    _rmtree(path)
     return path
 
 
@@ -48,7 +64,7 @@ def remove_blob_data(registry: Registry, digest: str) -> Path:
 def remove_blob_dir(registry: Registry, digest: str) -> Path:
     """``rm -r blobs/sha256/<xx>/<hex>`` (the whole blob directory)."""
     path = storage.blob_dir(registry.v2, digest)
-    shutil.rmtree(path)
+    _rmtree(path)
     return path
 
 
@@ -63,20 +79,25 @@ def replace_blob_data_with_dir(registry: Registry, digest: str) -> Path:
 def zero_blob_data(registry: Registry, digest: str) -> Path:
     """Truncate the blob data to 0 bytes (a full disk during upload, a crashed copy)."""
     path = storage.blob_data(registry.v2, digest)
-    os.truncate(path, 0)
+    _truncate(path, 0)
     return path
 
 
 def truncate_blob_data(registry: Registry, digest: str, keep: int) -> Path:
     """Keep only the first ``keep`` bytes (a truncated manifest is invalid JSON)."""
     path = storage.blob_data(registry.v2, digest)
-    os.truncate(path, keep)
+    _truncate(path, keep)
     return path
 
 
 def corrupt_blob_data(registry: Registry, digest: str, offset: int = 0) -> Path:
     """Flip the bits of one byte: same size, wrong content (bit rot)."""
     path = storage.blob_data(registry.v2, digest)
+    if isinstance(path, S3Path):
+        data = bytearray(path.read_bytes())
+        data[offset] ^= 0xFF
+        path.write_bytes(bytes(data))
+        return path
     with path.open("r+b") as handle:
         handle.seek(offset)
         byte = handle.read(1)
@@ -87,8 +108,9 @@ def corrupt_blob_data(registry: Registry, digest: str, offset: int = 0) -> Path:
 
 def write_link(path: Path, content: str) -> Path:
     """Overwrite a link file (``""`` = empty, ``"garbage"``, or another digest)."""
-    Path(path).write_text(content)
-    return Path(path)
+    path = path if isinstance(path, S3Path) else Path(path)
+    path.write_text(content)
+    return path
 
 
 def garbage_layer_link(registry: Registry, repo: str, digest: str, content: str = "garbage") -> Path:

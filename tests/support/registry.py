@@ -17,6 +17,10 @@ Options for the probe's tests (all off by default): ``tls=(cert, key)`` serves H
 becomes ``https://``; :mod:`tests.support.auth` makes a self-signed pair), ``htpasswd=<file>``
 turns on Basic auth (bcrypt users), ``token_auth={"realm", "service", "issuer",
 "rootcertbundle"}`` turns on the Bearer token flow, ``catalog_max_entries`` caps catalog pages.
+
+``s3=S3Target(server, bucket, prefix)`` (:mod:`tests.support.seaweed`) keeps the registry in a
+bucket instead, with distribution's s3 driver: ``rootdirectory`` is ``<prefix>/<name>`` and
+``v2`` is an :class:`tests.support.s3path.S3Path`, which the storage helpers take as a path.
 """
 
 from __future__ import annotations
@@ -56,6 +60,14 @@ def _die_with_parent() -> None:
         pass
 
 
+def registry_environment() -> dict:
+    """The environment of a registry process: without AWS_CA_BUNDLE, which some hosts set and which
+    makes distribution 2.8.2's s3 driver fail (the role keeps it out of the container too)."""
+    env = dict(os.environ)
+    env.pop("AWS_CA_BUNDLE", None)
+    return env
+
+
 def free_port() -> int:
     """A TCP port that is free on 127.0.0.1 right now (the kernel picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -78,11 +90,17 @@ class Registry:
         htpasswd: str | os.PathLike | None = None,
         token_auth: dict | None = None,
         catalog_max_entries: int | None = None,
+        s3=None,
     ) -> None:
         self.name = name
         self.data_dir = Path(data_dir)
-        self.root = self.data_dir / name
-        self.v2 = self.root / "docker" / "registry" / "v2"
+        self.s3 = s3
+        if s3 is None:
+            self.root = self.data_dir / name
+            self.v2 = self.root / "docker" / "registry" / "v2"
+        else:
+            self.root = s3.path(name)
+            self.v2 = self.root / "docker" / "registry" / "v2"
         self.work_dir = Path(work_dir)
         self.config_path = self.work_dir / f"{name}.registry.json"
         self.log_path = self.work_dir / f"{name}.registry.log"
@@ -116,11 +134,17 @@ class Registry:
 
     def config(self) -> dict:
         """The registry configuration (JSON is valid YAML, so it is written as JSON)."""
+        if self.s3 is None:
+            driver = {"filesystem": {"rootdirectory": str(self.root)}}
+        else:
+            driver = {"s3": self.s3.driver_config(self.name),
+                      # Blob GETs answered by the registry, not redirected to the store.
+                      "redirect": {"disable": True}}
         cfg = {
             "version": 0.1,
             "log": {"level": "info", "formatter": "text"},
             "storage": {
-                "filesystem": {"rootdirectory": str(self.root)},
+                **driver,
                 "delete": {"enabled": True},
                 "cache": {"blobdescriptor": "inmemory"},
                 # The upload purger would write to the tree behind the tests' back.
@@ -146,7 +170,8 @@ class Registry:
         if not os.access(self.binary, os.X_OK):
             raise RegistryError(f"{self.binary} not found: install the Debian package docker-registry")
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.root.mkdir(parents=True, exist_ok=True)
+        if self.s3 is None:
+            self.root.mkdir(parents=True, exist_ok=True)
         first_start = self.port is None
         # Another process may grab the free port before the registry binds it: retry with a
         # new port, but only on the first start (afterwards clients rely on the URL).
@@ -169,6 +194,7 @@ class Registry:
             log.flush()
             self._process = subprocess.Popen(
                 [self.binary, "serve", str(self.config_path)],
+                env=registry_environment(),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -246,6 +272,7 @@ class Registry:
         cmd.append(str(self.config_path))
         result = subprocess.run(
             cmd,
+            env=registry_environment(),
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,

@@ -108,12 +108,17 @@ def wait_for_blobs(registry: Registry, repo: str, digests: list[str]) -> None:
     raise TimeoutError(f"{registry.name} did not store {repo} blobs within {PROXY_STORE_TIMEOUT_S}s")
 
 
-def build_damaged_tree(base_dir: Path, seed: int = 2024) -> Scenario:
-    """Build, pull through, damage. The registries keep running (warm caches); stop() them."""
+def build_damaged_tree(base_dir: Path, seed: int = 2024, s3=None) -> Scenario:
+    """Build, pull through, damage. The registries keep running (warm caches); stop() them.
+
+    ``s3`` (a :class:`tests.support.seaweed.S3Target`): both registries keep their storage in
+    that bucket, the same content pushed and the same damage made there (object deletes and
+    rewrites instead of file operations).
+    """
     rng = random.Random(seed)
     data_dir, work_dir = Path(base_dir) / "data", Path(base_dir) / "work"
-    private = Registry("private", data_dir, work_dir).start()
-    cache = Registry("dockerhub", data_dir, work_dir, proxy_remote=private.url)
+    private = Registry("private", data_dir, work_dir, s3=s3).start()
+    cache = Registry("dockerhub", data_dir, work_dir, proxy_remote=private.url, s3=s3)
     scenario = Scenario(data_dir, work_dir, private, cache)
     try:
         _populate_and_damage(scenario, rng)

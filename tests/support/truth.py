@@ -29,6 +29,7 @@ from pathlib import Path
 
 from . import storage
 from .oci import ATTESTATION_TYPE, ATTESTATION_TYPE_KEY, RegistryClient, read_body, sha256_digest
+from .s3path import S3Path
 
 OK = "ok"
 NOT_FOUND = "not_found"
@@ -213,7 +214,8 @@ class RegistryTruth:
 
 def survey(client: RegistryClient, v2: Path, name: str = "") -> RegistryTruth:
     """GET everything a client could ask a registry for and classify each answer."""
-    truth = RegistryTruth(name or Path(v2).parents[2].name, Path(v2))
+    v2 = v2 if isinstance(v2, S3Path) else Path(v2)
+    truth = RegistryTruth(name or v2.parent.parent.parent.name, v2)
 
     def manifest(repo: str, ref: str) -> Probe:
         key = ("manifest", repo, ref)
