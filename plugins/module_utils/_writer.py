@@ -212,7 +212,29 @@ def ensure_private_dir(path):
                         "chmod go-w it" % (path, stat.S_IMODE(info.st_mode)))
 
 
-class StorageWriter:
+class _LinkChecks:
+    """The re-checks every writer makes before it removes a link, whatever the storage."""
+
+    cutoff = None
+
+    def _check_recent(self, mtime, path):
+        if self.cutoff is not None and mtime is not None and mtime > self.cutoff:
+            raise Changed("%s was written after the cutoff of this run (a recent push): left alone" % path)
+
+    def _check_removable(self, content, mtime, hex_digest, path, still_wanted):
+        """Changed unless the link still names ``hex_digest``, is older than the cutoff and
+        ``still_wanted()`` (if given) has no reason to keep it."""
+        state, _target, _reason = classify_link_content(content, hex_digest)
+        if state != LINK_OK:
+            raise Changed("%s no longer holds %s" % (path, digest_of(hex_digest)))
+        self._check_recent(mtime, path)
+        if still_wanted is not None:
+            reason = still_wanted()
+            if reason:
+                raise Changed(reason)
+
+
+class StorageWriter(_LinkChecks):
     """Removes and writes link files and tag directories of one registry (see the module docstring).
 
     ``apply`` False: every check runs, nothing changes. ``cutoff``: a link (or tag) whose file
@@ -227,10 +249,6 @@ class StorageWriter:
         """A writer of the same storage that checks everything and changes nothing."""
         return StorageWriter(apply=False, cutoff=self.cutoff)
 
-    def _check_recent(self, mtime, path):
-        if self.cutoff is not None and mtime > self.cutoff:
-            raise Changed("%s was written after the cutoff of this run (a recent push): left alone" % path)
-
     def remove_link(self, dir_fd, hex_digest, path, still_wanted=None):
         """Remove <dir_fd>/<hex>/link (path: its absolute path) and then <hex>/ if it is empty.
 
@@ -243,14 +261,7 @@ class StorageWriter:
         hex_fd = _open_entry_dir(dir_fd, hex_digest, dir_path)
         try:
             content, mtime = _read_link(hex_fd, path)
-            state, _target, _reason = classify_link_content(content, hex_digest)
-            if state != LINK_OK:
-                raise Changed("%s no longer holds %s" % (path, digest_of(hex_digest)))
-            self._check_recent(mtime, path)
-            if still_wanted is not None:
-                reason = still_wanted()
-                if reason:
-                    raise Changed(reason)
+            self._check_removable(content, mtime, hex_digest, path, still_wanted)
             if not self.apply:
                 return
             race_point("change", "remove_link", path)
@@ -454,7 +465,7 @@ def _entries(dir_fd, path):
         raise WriteRefused("cannot list %s: %s" % (path, exc.strerror or exc)) from None
 
 
-class S3Writer:
+class S3Writer(_LinkChecks):
     """The same changes as StorageWriter, on an S3 bucket: object deletes and puts.
 
     Handles are key prefixes (the view's ``directory``/``handle``/``write_base``), never built
@@ -473,10 +484,6 @@ class S3Writer:
         """A writer of the same bucket that checks everything and changes nothing."""
         return S3Writer(self.s3, apply=False, cutoff=self.cutoff)
 
-    def _check_recent(self, mtime, path):
-        if self.cutoff is not None and mtime is not None and mtime > self.cutoff:
-            raise Changed("%s was written after the cutoff of this run (a recent push): left alone" % path)
-
     def _read_link(self, key, path):
         info = self.s3.head(key)
         if info is None:
@@ -492,14 +499,7 @@ class S3Writer:
         key = "%s%s/link" % (dir_key, hex_digest)
         race_point("open", "remove_link", path)
         content, mtime = self._read_link(key, path)
-        state, _target, _reason = classify_link_content(content, hex_digest)
-        if state != LINK_OK:
-            raise Changed("%s no longer holds %s" % (path, digest_of(hex_digest)))
-        self._check_recent(mtime, path)
-        if still_wanted is not None:
-            reason = still_wanted()
-            if reason:
-                raise Changed(reason)
+        self._check_removable(content, mtime, hex_digest, path, still_wanted)
         if not self.apply:
             return
         race_point("change", "remove_link", path)

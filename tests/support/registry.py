@@ -68,6 +68,18 @@ def registry_environment() -> dict:
     return env
 
 
+def stop_process(process: subprocess.Popen | None, timeout: float) -> None:
+    """SIGTERM, then SIGKILL after ``timeout``; nothing for a process that is gone or None."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
+
+
 def free_port() -> int:
     """A TCP port that is free on 127.0.0.1 right now (the kernel picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -225,14 +237,7 @@ class Registry:
     def stop(self) -> None:
         """Stop the process (SIGTERM, then SIGKILL). Safe to call twice or before start."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT_S)
+        stop_process(process, STOP_TIMEOUT_S)
 
     def restart(self, *, proxy_remote: str | object | None = _UNCHANGED) -> Registry:
         """Stop and start again on the same port; this empties the descriptor cache.

@@ -126,3 +126,34 @@ def test_cli_scan_with_a_bad_config_exits_2_with_failed_metrics(tmp_path, capsys
     assert code == _cli.EXIT_ERROR
     assert "s3.bucket" in capsys.readouterr().err
     assert "regwarden_scan_success 0" in prom.read_text()
+
+
+# -- the tag link cache ------------------------------------------------------------------------
+
+
+def test_link_cache_round_trip_and_bad_files_are_an_empty_cache(tmp_path):
+    from ansible_collections.regwarden.registry.plugins.module_utils._s3_view import LinkCache
+
+    cache_dir = tmp_path / "links"
+    path = cache_dir / "private.json"
+    cache = LinkCache(str(path))
+    assert cache.load() == {}
+    entries = {"r/tags/a/current/link": ("etag1", b"sha256:" + b"a" * 64),
+               "r/tags/b/current/link": ("e2", b"\xff\x00x")}
+    cache.save(entries)
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert cache.load() == entries
+    path.write_text("{not json")
+    assert cache.load() == {}
+    path.write_text(json.dumps({"k": ["only-one"], "k2": "x", "k3": ["e", "sha256:1"]}))
+    assert cache.load() == {"k3": ("e", b"sha256:1")}
+    path.unlink()
+    real = tmp_path / "elsewhere.json"
+    real.write_text(json.dumps({"k": ["e", "planted"]}))
+    path.symlink_to(real)
+    assert cache.load() == {}  # never through a symlink
+    path.unlink()
+    cache.save(entries)
+    cache_dir.chmod(0o777)
+    assert cache.load() == {}  # a directory others may write could hold planted links
+    cache_dir.chmod(0o700)
