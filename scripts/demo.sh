@@ -23,6 +23,9 @@ REGISTRY_USER=demo
 SAMPLE_REPO=demo/app
 SAMPLE_TAG=v1
 export REGWARDEN_VM_PUBLISH="127.0.0.1:$PRIVATE_PORT:$PRIVATE_PORT"
+# inventory/demo.yml reads the generated password and certificate from here (Molecule converges
+# with a copy of the inventory in its own temporary directory).
+export REGWARDEN_DEMO_STATE_DIR="$STATE_DIR"
 
 usage() { sed -n '2,14s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 
