@@ -32,7 +32,9 @@ usage() { sed -n '2,14s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 demo_clean() {
   require_root
   ensure_venv
-  (cd "$REPO_ROOT" && "$VENV/bin/molecule" destroy -s demo)
+  ensure_dockerd
+  # molecule runs ansible-config and ansible-playbook from PATH: the venv's.
+  (cd "$REPO_ROOT" && PATH="$VENV/bin:$PATH" "$VENV/bin/molecule" destroy -s demo)
   rm -rf "$STATE_DIR"
   log "demo removed (the local images stay; scripts/build-images.sh keeps them current)"
 }
