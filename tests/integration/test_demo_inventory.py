@@ -18,9 +18,11 @@ def state_dir(inventory, env_value):
     env.pop("REGWARDEN_DEMO_STATE_DIR", None)
     if env_value is not None:
         env["REGWARDEN_DEMO_STATE_DIR"] = env_value
-    # debug runs on the controller: nothing connects to the (absent) demo container.
-    proc = subprocess.run([ansible_bin(), "regwarden-vm-demo", "-i", str(inventory), "-m", "ansible.builtin.debug",
-                           "-a", "var=regwarden_demo_state_dir"], cwd=REPO_ROOT, env=env, capture_output=True,
+    # debug runs on the controller; the local connection stands in for the demo container's (whose
+    # plugin, community.docker's, the bare ansible-core of the matrix venvs lacks).
+    proc = subprocess.run([ansible_bin(), "regwarden-vm-demo", "-i", str(inventory), "-e", "ansible_connection=local",
+                           "-m", "ansible.builtin.debug", "-a", "var=regwarden_demo_state_dir"],
+                          cwd=REPO_ROOT, env=env, capture_output=True,
                           text=True, timeout=120, stdin=subprocess.DEVNULL, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["regwarden-vm-demo"]
