@@ -433,20 +433,20 @@ class S3Storage:
     def lock(self, name, location, take):
         return file_lock(name, self.lock_path(name), take)
 
-    def lock_path(self, name):
-        """The local lock file of a registry: <cache_dir>/locks/<bucket>/<prefix>/<name>.lock (every
-        writer on this host, and the maintenance timers, flock it)."""
-        parts = [self.settings["cache_dir"], "locks", self.settings["bucket"]]
+    def _local_path(self, kind, name, suffix):
+        """<cache_dir>/<kind>/<bucket>/<prefix>/<name><suffix>: a registry's file on this host."""
+        parts = [self.settings["cache_dir"], kind, self.settings["bucket"]]
         if self.settings["prefix"]:
             parts.extend(self.settings["prefix"].split("/"))
-        return os.path.join(*parts, name + ".lock")
+        return os.path.join(*parts, name + suffix)
+
+    def lock_path(self, name):
+        """The local lock file of a registry (every writer on this host, and the maintenance timers, flock it)."""
+        return self._local_path("locks", name, ".lock")
 
     def link_cache_path(self, name):
-        """The tag links of a registry read last time: <cache_dir>/links/<bucket>/<prefix>/<name>.json."""
-        parts = [self.settings["cache_dir"], "links", self.settings["bucket"]]
-        if self.settings["prefix"]:
-            parts.extend(self.settings["prefix"].split("/"))
-        return os.path.join(*parts, name + ".json")
+        """The tag links of a registry read last time."""
+        return self._local_path("links", name, ".json")
 
     def writer(self, apply, cutoff):
         return S3Writer(self.s3, apply=apply, cutoff=cutoff)
@@ -1014,38 +1014,18 @@ class ManifestFiles:
 
     def load(self, hex_digest, size, etag):
         self._check()
-        path = self._path(hex_digest, size, etag)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
-            return None
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode) or info.st_size != size:
-                return None
-            content = os.read(fd, size + 1)
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
-        return content if len(content) == size else None
+        content = _read_cache_file(self._path(hex_digest, size, etag), size)
+        return content if content is not None and len(content) == size else None
 
     def store(self, hex_digest, size, etag, content):
         self._check()
         path = self._path(hex_digest, size, etag)
-        directory = os.path.dirname(path)
         try:
             try:
-                os.mkdir(directory, 0o700)
+                os.mkdir(os.path.dirname(path), 0o700)
             except FileExistsError:
                 pass
-            tmp = "%s.tmp%d" % (path, os.getpid())
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, content)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
+            _replace_cache_file(path, content)
         except OSError:
             return  # a cache that cannot be written only costs a GET next time
 
@@ -1066,19 +1046,13 @@ class LinkCache:
     def load(self):
         try:
             ensure_private_dir(os.path.dirname(self.path))
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except (OSError, ScanError):
+        except ScanError:
             return {}
+        text = _read_cache_file(self.path, self.MAX_BYTES)
         try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode) or info.st_size > self.MAX_BYTES:
-                return {}
-            with os.fdopen(os.dup(fd), "rb") as handle:
-                data = json.loads(handle.read().decode("utf-8"))
-        except (OSError, ValueError, UnicodeDecodeError):
+            data = json.loads(text.decode("utf-8")) if text is not None else None
+        except (ValueError, UnicodeDecodeError):
             return {}
-        finally:
-            os.close(fd)
         if not isinstance(data, dict):
             return {}
         known = {}
@@ -1088,13 +1062,49 @@ class LinkCache:
         return known
 
     def save(self, entries):
+        data = {key: [etag, content.decode("latin-1")] for key, (etag, content) in entries.items()}
         try:
             ensure_private_dir(os.path.dirname(self.path))
-            tmp = "%s.tmp%d" % (self.path, os.getpid())
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                json.dump({key: [etag, content.decode("latin-1")] for key, (etag, content) in entries.items()},
-                          handle, sort_keys=True)
-            os.replace(tmp, self.path)
+            _replace_cache_file(self.path, json.dumps(data, sort_keys=True).encode("utf-8"))
         except (OSError, ScanError):
             return  # a cache that cannot be written only costs GETs next time
+
+
+def _read_cache_file(path, max_bytes):
+    """The bytes of a cache file: a regular file (never through a symlink, never blocking on a
+    FIFO) of at most ``max_bytes``; None otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > max_bytes:
+            return None
+        chunks, left = [], max_bytes + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        content = b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return content if len(content) <= max_bytes else None
+
+
+def _replace_cache_file(path, content):
+    """Write ``content`` to ``path`` (0600) through a temp file and a rename: readers see the old
+    file or the new one. Raises OSError."""
+    tmp = "%s.tmp%d" % (path, os.getpid())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(content)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
