@@ -68,6 +68,14 @@ def registry_environment() -> dict:
     return env
 
 
+def log_tail(path: Path, lines: int = 40) -> str:
+    """The last ``lines`` of a server's log, for an error message."""
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
 def stop_process(process: subprocess.Popen | None, timeout: float) -> None:
     """SIGTERM, then SIGKILL after ``timeout``; nothing for a process that is gone or None."""
     if process is None or process.poll() is not None:
@@ -298,10 +306,7 @@ class Registry:
     # -- debugging -------------------------------------------------------------------------
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_path, lines)
 
     def __repr__(self) -> str:
         state = f"pid {self.pid}" if self.running else "stopped"

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import requests
 
-from .registry import _die_with_parent, free_port, stop_process
+from .registry import _die_with_parent, free_port, log_tail, stop_process
 
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
@@ -138,11 +138,7 @@ class SeaweedS3:
 
     def keys(self, bucket: str, prefix: str = "") -> dict[str, int]:
         """{key: size} of every object under ``prefix``."""
-        found = {}
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            for item in page.get("Contents") or ():
-                found[item["Key"]] = item["Size"]
-        return found
+        return {key: size for key, (size, _etag) in self.snapshot(bucket, prefix).items()}
 
     def snapshot(self, bucket: str, prefix: str = "") -> dict[str, tuple]:
         """{key: (size, ETag)}: two snapshots are equal only if no object was added, removed or changed."""
@@ -153,10 +149,7 @@ class SeaweedS3:
         return found
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_path, lines)
 
 
 class S3Target:
