@@ -3,8 +3,9 @@
 #   regwarden-local/debian:bookworm   debootstrap (minbase) from the host's own apt mirror
 #   regwarden-local/registry:2.8.2    Debian's docker-registry, laid out like registry:2.8.3
 #   regwarden-local/nginx:bookworm    Debian's nginx, laid out like the official nginx image
+#   regwarden-local/redis:bookworm    Debian's redis-server (the replicas' blob-descriptor cache)
 #   regwarden-local/vm:bookworm       systemd "VM" the role provisions
-# and saves the registry and nginx images to .cache/images/{registry,nginx}.tar for loading
+# and saves the registry, nginx and redis images to .cache/images/{registry,nginx,redis}.tar for loading
 # into the VM's inner Docker engine.
 #
 # Each image carries a label with the hash of its inputs (images/<name>/, the parent image, and for
@@ -15,7 +16,7 @@ set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-usage() { sed -n '2,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,14s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 
 force=0
 while [ $# -gt 0 ]; do
@@ -40,10 +41,11 @@ BASE_IMAGE="regwarden-local/debian:bookworm"
 declare -A IMAGE_TAGS=(
   [registry]="regwarden-local/registry:2.8.2"
   [nginx]="regwarden-local/nginx:bookworm"
+  [redis]="regwarden-local/redis:bookworm"
   [vm]="regwarden-local/vm:bookworm"
 )
-CHILD_IMAGES=(registry nginx vm)
-ARCHIVED_IMAGES=(registry nginx)
+CHILD_IMAGES=(registry nginx redis vm)
+ARCHIVED_IMAGES=(registry nginx redis)
 
 mkdir -p "$ARCHIVE_DIR"
 # Two runs at once (test.sh and demo.sh) would both rebuild and race on the archives.

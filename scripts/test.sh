@@ -71,5 +71,8 @@ molecule test -s default
 stage "molecule test -s minimal (the optional features off: no TLS, no cache, no tag cleanup)"
 molecule test -s minimal
 
+stage "molecule test -s s3 (SeaweedFS in the VM, two private replicas + Redis, maintenance on S3)"
+molecule test -s s3
+
 stage_name=""
 log "all stages passed in $((SECONDS - suite_started)) s"

@@ -120,6 +120,7 @@ def test_tarball_ships_the_collection_and_nothing_of_the_development_tree(instal
         "roles/docker_registry/tasks/main.yml",
         "playbooks/audit.yml",
         "playbooks/site.yml",
+        "playbooks/s3_maintenance.yml",
         "playbooks/verify_image.yml",
         "meta/runtime.yml",
         "meta/execution-environment.yml",

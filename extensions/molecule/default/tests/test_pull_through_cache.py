@@ -118,7 +118,7 @@ def test_cache_with_upstream_credentials_serves_and_keeps_them_private(vm, scena
     TLS), and only root reads them."""
     mirror = scenario.cache("mirror")
     config = vm.host.file("%s/config/mirror/config.yml" % scenario.settings["docker_registry_base_dir"])
-    assert config.mode == 0o640 and config.user == "root" and config.group == "root"
+    assert config.mode == 0o600 and config.user == "root" and config.group == "root"
     assert "username: %s" % mirror["username"] in config.content_string
     image = seed_upstream(vm)
     pulled = vm.client("pull-image", "--registry", scenario.cache_url("mirror"), "--repo", image["repo"],

@@ -1,0 +1,97 @@
+"""Several hosts on one bucket: the role's GC and tag-cleanup scripts, rendered by Ansible from the
+role's own defaults and vars for a two-host play, refuse to run unless every host's replicas are
+read-only (what playbooks/s3_maintenance.yml arranges), the non-leader never collects, and the GC
+timer stays off on both."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from ansible_collections.regwarden.registry.plugins.module_utils._s3_view import S3Storage
+from tests.support.ansible_run import REPO_ROOT
+
+ROLE = REPO_ROOT / "roles" / "docker_registry"
+# Extra vars: above the role files the play loads as vars_files.
+SETTINGS = {
+    "docker_registry_storage": "s3",
+    "docker_registry_s3": {"bucket": "registries", "endpoint": "https://s3.example.test", "prefix": "site"},
+    "docker_registry_private_replicas": 2,
+    "docker_registry_tag_cleanup_enabled": True,
+    "_docker_registry_compose_command": "docker compose",
+}
+PLAY = """
+- hosts: all
+  gather_facts: false
+  vars_files:
+    - {defaults}
+    - {vars}
+  tasks:
+    - name: Render the GC and tag-cleanup scripts
+      ansible.builtin.template:
+        src: "{role}/templates/{{{{ item }}}}.j2"
+        dest: "{out}/{{{{ inventory_hostname }}}}-{{{{ item }}}}"
+        mode: "0755"
+      loop: [regwarden-registry-gc.sh, regwarden-registry-tag-cleanup.sh]
+    - name: The maintenance units as the role computes them
+      ansible.builtin.copy:
+        content: "{{{{ _docker_registry_maintenance_units | to_json }}}}"
+        dest: "{out}/{{{{ inventory_hostname }}}}-units.json"
+        mode: "0644"
+"""
+
+
+def render(tmp_path: Path) -> Path:
+    out = tmp_path / "out"
+    out.mkdir()
+    playbook = tmp_path / "render.yml"
+    playbook.write_text(PLAY.format(defaults=ROLE / "defaults" / "main.yml", vars=ROLE / "vars" / "main.yml",
+                                    role=ROLE, out=out))
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps(SETTINGS))
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    proc = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), str(playbook),
+                           "-i", "vm-a,vm-b", "-c", "local", "-e", "ansible_python_interpreter=%s" % sys.executable,
+                           "-e", "@%s" % settings],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+def run_script(path: Path, **env):
+    return subprocess.run(["bash", str(path)], env=dict(os.environ, PATH="/usr/bin:/bin", **env),
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, check=False)
+
+
+def test_two_hosts_on_one_bucket_collect_only_through_the_playbook(tmp_path):
+    out = render(tmp_path)
+    for host in ("vm-a", "vm-b"):
+        units = {unit["unit"]: unit for unit in json.loads((out / ("%s-units.json" % host)).read_text())}
+        assert units["regwarden-registry-gc.timer"]["enabled"] is False, host
+
+    # The leader (first host) refuses while the other host's replicas may still accept pushes.
+    for script in ("regwarden-registry-gc.sh", "regwarden-registry-tag-cleanup.sh"):
+        leader = run_script(out / ("vm-a-%s" % script))
+        assert leader.returncode == 1, (script, leader.stdout, leader.stderr)
+        assert "run playbooks/s3_maintenance.yml" in leader.stderr, script
+
+    # The other host never collects the shared bucket, whatever its environment says.
+    other = run_script(out / "vm-b-regwarden-registry-gc.sh", REGWARDEN_BUCKET_READ_ONLY="1")
+    assert other.returncode == 0, other.stderr
+    assert "garbage collection runs on vm-a, not here" in other.stdout
+    units_b = {unit["unit"]: unit for unit in json.loads((out / "vm-b-units.json").read_text())}
+    assert units_b["regwarden-registry-tag-cleanup.service"]["installed"] is False
+    assert units_b["regwarden-registry-scan.timer"]["enabled"] is False
+    # The GC script flocks the same file the collection's S3 writers take for the registry.
+    lock_dir = re.search(r"^LOCK_DIR=(\S+)$", (out / "vm-a-regwarden-registry-gc.sh").read_text(), re.M).group(1)
+    storage = S3Storage({"bucket": "registries", "prefix": "site", "endpoint_url": "https://s3.example.test",
+                         "cache_dir": "/var/cache/regwarden/s3"})
+    assert storage.lock_path("private") == lock_dir + "/private.lock"
+    units_a = {unit["unit"]: unit for unit in json.loads((out / "vm-a-units.json").read_text())}
+    assert units_a["regwarden-registry-tag-cleanup.service"]["installed"] is True
+    assert units_a["regwarden-registry-scan.timer"]["enabled"] is True
