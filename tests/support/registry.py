@@ -18,6 +18,9 @@ becomes ``https://``; :mod:`tests.support.auth` makes a self-signed pair), ``htp
 turns on Basic auth (bcrypt users), ``token_auth={"realm", "service", "issuer",
 "rootcertbundle"}`` turns on the Bearer token flow, ``catalog_max_entries`` caps catalog pages.
 
+``metrics=True`` serves distribution's Prometheus metrics at ``http://127.0.0.1:<debug_port>/metrics``.
+``delete_enabled=False`` leaves ``storage.delete`` off, as the role does for pull-through caches.
+
 ``s3=S3Target(server, bucket, prefix)`` (:mod:`tests.support.seaweed`) keeps the registry in a
 bucket instead, with distribution's s3 driver: ``rootdirectory`` is ``<prefix>/<name>`` and
 ``v2`` is an :class:`tests.support.s3path.S3Path`, which the storage helpers take as a path.
@@ -111,6 +114,8 @@ class Registry:
         token_auth: dict | None = None,
         catalog_max_entries: int | None = None,
         s3=None,
+        delete_enabled: bool = True,
+        metrics: bool = False,
     ) -> None:
         self.name = name
         self.data_dir = Path(data_dir)
@@ -130,7 +135,10 @@ class Registry:
         self.htpasswd = str(htpasswd) if htpasswd else None
         self.token_auth = dict(token_auth) if token_auth else None
         self.catalog_max_entries = catalog_max_entries
+        self.delete_enabled = delete_enabled
+        self.metrics = metrics
         self.port: int | None = None
+        self.debug_port: int | None = None
         self._process: subprocess.Popen | None = None
         # A fixed secret per instance: restarts keep upload state valid and the log quiet.
         self._http_secret = secrets.token_hex(16)
@@ -165,13 +173,16 @@ class Registry:
             "log": {"level": "info", "formatter": "text"},
             "storage": {
                 **driver,
-                "delete": {"enabled": True},
+                "delete": {"enabled": self.delete_enabled},
                 "cache": {"blobdescriptor": "inmemory"},
                 # The upload purger would write to the tree behind the tests' back.
                 "maintenance": {"uploadpurging": {"enabled": False}},
             },
             "http": {"addr": f"127.0.0.1:{self.port}", "secret": self._http_secret},
         }
+        if self.metrics:
+            cfg["http"]["debug"] = {"addr": f"127.0.0.1:{self.debug_port}",
+                                    "prometheus": {"enabled": True, "path": "/metrics"}}
         if self.proxy_remote:
             cfg["proxy"] = {"remoteurl": self.proxy_remote}
         if self.tls:
@@ -200,6 +211,7 @@ class Registry:
         for _ in range(attempts):
             if first_start:
                 self.port = free_port()
+                self.debug_port = free_port() if self.metrics else None
             try:
                 self._spawn_and_wait()
                 return self

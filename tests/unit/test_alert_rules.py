@@ -20,7 +20,13 @@ EXPECTED_ALERTS = {
     "RegistryIntegrityFindings", "RegistryCacheIntegrityFindings", "RegistryScanFailed", "RegistryScanStale",
     "RegistryProbeStale", "RegistryProbeFailed", "RegistryProbeFindings", "RegistryCatalogUnreachable",
     "RegistryScanErrors", "RegistryNotScanned", "RegistryMaintenanceStuck",
+    "RegistryDiskFillingUp", "RegistryDiskAlmostFull", "RegistryServerErrors", "RegistryStorageSlow",
 }
+# Metrics the rules take from elsewhere: node_exporter's filesystem gauges, and the registry's own
+# /metrics (tests/integration/test_registry_metrics.py checks a real registry exports these).
+NODE_METRICS = {"node_filesystem_avail_bytes", "node_filesystem_size_bytes"}
+REGISTRY_METRICS = {"registry_http_requests_total", "registry_storage_action_seconds_bucket"}
+OTHER_METRIC = re.compile(r"\b(?:node|registry)_[a-z_]+\b")
 
 
 def promtool():
@@ -78,8 +84,13 @@ def test_every_alert_expression_uses_only_metrics_the_cli_writes(prom_files):
     assert set(alerts) == EXPECTED_ALERTS
     for alert, expr in alerts.items():
         used = set(METRIC_NAME.findall(expr))
-        assert used, "%s uses no regwarden metric" % alert
+        other = set(OTHER_METRIC.findall(expr))
+        assert used or other, "%s uses no metric" % alert
         assert used <= written, "%s uses metrics the CLI never writes: %s" % (alert, used - written)
+        assert other <= NODE_METRICS | REGISTRY_METRICS, "%s uses unknown metrics: %s" % (alert, other)
+        # Disk alerts only for registry hosts: those that write the scan metrics.
+        if other & NODE_METRICS:
+            assert "regwarden_scan_last_run_timestamp_seconds" in used, alert
 
 
 def test_promtool_accepts_the_rules_and_the_cli_textfiles(prom_files):
@@ -167,6 +178,50 @@ def test_alerts_fire_on_the_series_they_are_meant_for(tmp_path):
             ],
         }],
     }
+    gib = 1024 ** 3
+    storage_bucket = 'registry_storage_action_seconds_bucket{instance="vm",driver="s3aws",action="GetContent",le="%s"}'
+    tests["tests"].append({
+        # A 100 GiB disk at 20 GiB free losing 100 MiB a minute (empty in under 4 hours), a second disk
+        # steady at 5% free, the same filling disk on a host that is no registry host; 10% of the
+        # requests 500; storage reads taking 8 s.
+        "interval": "1m",
+        "input_series": [
+            {"series": 'node_filesystem_avail_bytes{instance="vm",mountpoint="/opt",fstype="ext4"}',
+             "values": "%d-%dx40" % (20 * gib, 100 * 1024 ** 2)},
+            {"series": 'node_filesystem_size_bytes{instance="vm",mountpoint="/opt",fstype="ext4"}',
+             "values": "%dx40" % (100 * gib)},
+            {"series": 'node_filesystem_avail_bytes{instance="vm",mountpoint="/var",fstype="ext4"}',
+             "values": "%dx40" % (5 * gib)},
+            {"series": 'node_filesystem_size_bytes{instance="vm",mountpoint="/var",fstype="ext4"}',
+             "values": "%dx40" % (100 * gib)},
+            {"series": 'node_filesystem_avail_bytes{instance="db",mountpoint="/opt",fstype="ext4"}',
+             "values": "%d-%dx40" % (20 * gib, 100 * 1024 ** 2)},
+            {"series": 'node_filesystem_size_bytes{instance="db",mountpoint="/opt",fstype="ext4"}',
+             "values": "%dx40" % (100 * gib)},
+            {"series": 'regwarden_scan_last_run_timestamp_seconds{instance="vm"}', "values": "0x40"},
+            {"series": 'registry_http_requests_total{instance="vm",code="200",handler="blob",method="get"}',
+             "values": "0+90x40"},
+            {"series": 'registry_http_requests_total{instance="vm",code="500",handler="blob",method="get"}',
+             "values": "0+10x40"},
+            {"series": storage_bucket % "5",
+             "values": "0x40"},
+            {"series": storage_bucket % "10",
+             "values": "0+10x40"},
+            {"series": storage_bucket % "+Inf",
+             "values": "0+10x40"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "20m", "alertname": "RegistryDiskFillingUp", "exp_alerts": []},
+            {"eval_time": "35m", "alertname": "RegistryDiskFillingUp", "exp_alerts": [
+                {"exp_labels": {"severity": "warning", "instance": "vm", "mountpoint": "/opt", "fstype": "ext4"}}]},
+            {"eval_time": "15m", "alertname": "RegistryDiskAlmostFull", "exp_alerts": [
+                {"exp_labels": {"severity": "critical", "instance": "vm", "mountpoint": "/var", "fstype": "ext4"}}]},
+            {"eval_time": "25m", "alertname": "RegistryServerErrors", "exp_alerts": [
+                {"exp_labels": {"severity": "warning", "instance": "vm"}}]},
+            {"eval_time": "30m", "alertname": "RegistryStorageSlow", "exp_alerts": [
+                {"exp_labels": {"severity": "warning", "instance": "vm", "driver": "s3aws", "action": "GetContent"}}]},
+        ],
+    })
     test_file = tmp_path / "rules_test.yml"
     test_file.write_text(yaml.safe_dump(tests))
     checked = subprocess.run([promtool(), "test", "rules", str(test_file)], capture_output=True, text=True,
