@@ -9,6 +9,7 @@
     tag-cleanup  registry_tag_cleanup (run it with the registry read-only, then GC and restart)
     probe        registry_probe over HTTP(S); --prom textfile with the last success time
     maintenance  mark a registry stopped (or back) for maintenance; --prom textfile
+    gc-record    record one registry's garbage-collect run (its output on stdin); --prom textfile
 
 Exit status: 0 clean / done, 1 findings present, 2 could not run or could not read everything
 (bad input, a registry missing or unreadable, unreachable, authentication failed, any error at
@@ -19,6 +20,7 @@ import argparse
 import errno
 import json
 import os
+import re
 import stat
 import sys
 import tempfile
@@ -83,6 +85,15 @@ def parse_args(argv):
     maintenance.add_argument("--state-dir", default="/run/regwarden/maintenance",
                              help="one file per registry in maintenance (tmpfs: a reboot ends every maintenance)")
     maintenance.add_argument("--prom", required=True, help="write the Prometheus textfile here (atomically)")
+
+    gc_record = commands.add_parser("gc-record", help="record a registry's garbage-collect run (output on stdin)")
+    gc_record.add_argument("--registry", required=True, help="the registry collected")
+    gc_record.add_argument("--success", required=True, choices=("0", "1"), help="1 if the run succeeded")
+    gc_record.add_argument("--duration", required=True, type=float, help="seconds the run took")
+    gc_record.add_argument("--bytes-freed", type=int, help="bytes of blob data the run freed, when measured")
+    gc_record.add_argument("--state-dir", default="/var/lib/regwarden/gc",
+                           help="one file per registry: the last run of each (kept across reboots)")
+    gc_record.add_argument("--prom", required=True, help="write the Prometheus textfile here (atomically)")
 
     probe = commands.add_parser("probe", help="walk a registry over HTTP(S) the way a client pulls")
     probe.add_argument("--url", required=True)
@@ -405,6 +416,87 @@ def command_maintenance(args):
     return EXIT_CLEAN
 
 
+# distribution 2.8's garbage-collect: "<n> blobs marked, <n> blobs and <n> manifests eligible for deletion",
+# then one "Deleting blob: <path>" (or "Deleting manifest") line per object it removes.
+_GC_SUMMARY = re.compile(r"(\d+) blobs marked, (\d+) blobs and (\d+) manifests eligible for deletion")
+_GC_FIELDS = ("finished", "success", "duration_seconds", "blobs_marked", "blobs_deleted", "manifests_deleted",
+              "bytes_freed")
+_GC_METRICS = (
+    ("finished", "regwarden_gc_last_run_timestamp_seconds", "When the registry's last garbage collection ended."),
+    ("success", "regwarden_gc_success", "1 if the registry's last garbage collection succeeded."),
+    ("duration_seconds", "regwarden_gc_duration_seconds", "Duration of the registry's last garbage collection."),
+    ("blobs_marked", "regwarden_gc_blobs_marked", "Blobs the last garbage collection found referenced."),
+    ("blobs_deleted", "regwarden_gc_blobs_deleted", "Blobs the last garbage collection deleted."),
+    ("manifests_deleted", "regwarden_gc_manifests_deleted", "Manifests the last garbage collection deleted."),
+    ("bytes_freed", "regwarden_gc_bytes_freed", "Bytes of blob data the last garbage collection freed "
+                                                "(filesystem registries)."),
+)
+
+
+def parse_gc_output(lines):
+    """(blobs marked, blobs deleted, manifests deleted) from garbage-collect's output lines; None where
+    the output does not say (the summary line is missing: the run died early)."""
+    marked = None
+    blobs = manifests = 0
+    for line in lines:
+        if "Deleting blob: " in line:
+            blobs += 1
+        elif "Deleting manifest" in line:
+            manifests += 1
+        elif marked is None:
+            match = _GC_SUMMARY.search(line)
+            if match:
+                marked = int(match.group(1))
+    return marked, blobs, manifests
+
+
+def render_gc_prom(states):
+    """``states``: {registry: last run record}, every registry collected so far."""
+    lines = []
+    for field, metric, help_text in _GC_METRICS:
+        lines += ["# HELP %s %s" % (metric, help_text), "# TYPE %s gauge" % metric]
+        for name, record in sorted(states.items()):
+            value = record.get(field)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                lines.append('%s{registry="%s"} %s' % (metric, _escape_label(name), _number(value)))
+    return "\n".join(lines) + "\n"
+
+
+def _number(value):
+    return "%d" % value if float(value).is_integer() else "%.3f" % value
+
+
+def command_gc_record(args):
+    """Record one registry's garbage collection (its output on stdin) and rewrite the textfile of all."""
+    name = args.registry
+    if not name or "/" in name or name.startswith(".") or len(name) > 255:
+        raise CommandError("--registry must be a registry name, not %r" % name)
+    if args.duration < 0 or (args.bytes_freed is not None and args.bytes_freed < 0):
+        raise CommandError("--duration and --bytes-freed cannot be negative")
+    stdin = sys.stdin.buffer if sys.stdin is not None else None
+    lines = (line.decode("utf-8", "replace") for line in stdin) if stdin is not None else ()
+    marked, blobs, manifests = parse_gc_output(lines)
+    record = {"finished": int(time.time()), "success": int(args.success), "duration_seconds": args.duration,
+              "blobs_marked": marked, "blobs_deleted": blobs, "manifests_deleted": manifests,
+              "bytes_freed": args.bytes_freed}
+    os.makedirs(args.state_dir, mode=0o755, exist_ok=True)
+    write_atomically(os.path.join(args.state_dir, name + ".json"), json.dumps(record, sort_keys=True) + "\n")
+    states = {}
+    for entry in sorted(os.listdir(args.state_dir)):
+        if entry.startswith(".") or not entry.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(args.state_dir, entry)) as handle:
+                loaded = json.loads(handle.read(4096))
+        except (OSError, ValueError):
+            continue  # a damaged record: that registry's metrics wait for its next run
+        if isinstance(loaded, dict):
+            states[entry[:-len(".json")]] = {key: loaded.get(key) for key in _GC_FIELDS}
+    write_atomically(args.prom, render_gc_prom(states))
+    _say(sys.stdout, json.dumps({"registry": name, **record}, sort_keys=True))
+    return EXIT_CLEAN
+
+
 def _read_secret(path, what):
     """The first line of a root-only file (a user name, a password), never blocking on a FIFO."""
     try:
@@ -455,7 +547,7 @@ def command_probe(args):
 
 
 COMMANDS = {"scan": command_scan, "tag-cleanup": command_tag_cleanup, "probe": command_probe,
-            "maintenance": command_maintenance}
+            "maintenance": command_maintenance, "gc-record": command_gc_record}
 # What a command that died anyway still leaves behind: its report and, where it writes one, the
 # metrics, both saying it failed (the previous success time of the probe carried over).
 _FAILURE_PROM = {

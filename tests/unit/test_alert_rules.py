@@ -20,7 +20,8 @@ EXPECTED_ALERTS = {
     "RegistryIntegrityFindings", "RegistryCacheIntegrityFindings", "RegistryScanFailed", "RegistryScanStale",
     "RegistryProbeStale", "RegistryProbeFailed", "RegistryProbeFindings", "RegistryCatalogUnreachable",
     "RegistryScanErrors", "RegistryNotScanned", "RegistryMaintenanceStuck",
-    "RegistryDiskFillingUp", "RegistryDiskAlmostFull", "RegistryServerErrors", "RegistryStorageSlow",
+    "RegistryGCFailed", "RegistryDiskFillingUp", "RegistryDiskAlmostFull", "RegistryServerErrors",
+    "RegistryStorageSlow",
 }
 # Metrics the rules take from elsewhere: node_exporter's filesystem gauges, and the registry's own
 # /metrics (tests/integration/test_registry_metrics.py checks a real registry exports these).
@@ -52,7 +53,11 @@ def prom_files(private, storage, tmp_path):
     maintenance_prom = tmp_path / "regwarden_maintenance.prom"
     assert _cli.main(["maintenance", "--registry", "private", "--state", "on", "--state-dir",
                       str(tmp_path / "state"), "--prom", str(maintenance_prom)]) == _cli.EXIT_CLEAN
-    files = [scan_prom, maintenance_prom]
+    gc_prom = tmp_path / "regwarden_gc.prom"
+    gc_prom.write_text(_cli.render_gc_prom({"private": {
+        "finished": 1700000000, "success": 1, "duration_seconds": 3.2, "blobs_marked": 10, "blobs_deleted": 2,
+        "manifests_deleted": 0, "bytes_freed": 4096}}))
+    files = [scan_prom, maintenance_prom, gc_prom]
     for name, text in probes.items():
         (tmp_path / name).write_text(text)
         files.append(tmp_path / name)
@@ -79,7 +84,10 @@ def test_every_alert_expression_uses_only_metrics_the_cli_writes(prom_files):
             "regwarden_maintenance_in_progress", "regwarden_maintenance_started_timestamp_seconds",
             "regwarden_probe_success", "regwarden_probe_last_run_timestamp_seconds",
             "regwarden_probe_last_success_timestamp_seconds", "regwarden_probe_findings",
-            "regwarden_probe_catalog_reachable", "regwarden_probe_duration_seconds"} == written
+            "regwarden_probe_catalog_reachable", "regwarden_probe_duration_seconds",
+            "regwarden_gc_last_run_timestamp_seconds", "regwarden_gc_success", "regwarden_gc_duration_seconds",
+            "regwarden_gc_blobs_marked", "regwarden_gc_blobs_deleted", "regwarden_gc_manifests_deleted",
+            "regwarden_gc_bytes_freed"} == written
     alerts = {rule["alert"]: rule["expr"] for rule in rules()}
     assert set(alerts) == EXPECTED_ALERTS
     for alert, expr in alerts.items():
@@ -133,6 +141,8 @@ def test_alerts_fire_on_the_series_they_are_meant_for(tmp_path):
                 {"series": 'regwarden_scan_errors{instance="vm",registry="dockerhub"}', "values": "0x30"},
                 {"series": 'regwarden_scan_registry_scanned{instance="vm",registry="private"}', "values": "1x30"},
                 {"series": 'regwarden_scan_registry_scanned{instance="vm",registry="ghcr"}', "values": "0x30"},
+                {"series": 'regwarden_gc_success{instance="vm",registry="private"}', "values": "1x30"},
+                {"series": 'regwarden_gc_success{instance="vm",registry="quay"}', "values": "0x30"},
             ],
             "alert_rule_test": [
                 {"eval_time": "10m", "alertname": "RegistryIntegrityFindings", "exp_alerts": [
@@ -151,6 +161,8 @@ def test_alerts_fire_on_the_series_they_are_meant_for(tmp_path):
                 {"eval_time": "4m", "alertname": "RegistryScanErrors", "exp_alerts": []},
                 {"eval_time": "15m", "alertname": "RegistryScanErrors", "exp_alerts": [
                     {"exp_labels": {"severity": "warning", "instance": "vm", "registry": "private"}}]},
+                {"eval_time": "10m", "alertname": "RegistryGCFailed", "exp_alerts": [
+                    {"exp_labels": {"severity": "warning", "instance": "vm", "registry": "quay"}}]},
                 {"eval_time": "15m", "alertname": "RegistryNotScanned", "exp_alerts": [
                     {"exp_labels": {"severity": "critical", "instance": "vm", "registry": "ghcr"}}]},
             ],

@@ -9,6 +9,7 @@ from conftest import GC_UNIT, SCAN_UNIT, unique
 REPORT = "/var/lib/regwarden/scan.json"
 PROM = "/var/lib/node_exporter/textfile_collector/regwarden_scan.prom"
 GC_SCRIPT = "/usr/local/sbin/regwarden-registry-gc"
+GC_PROM = "/var/lib/node_exporter/textfile_collector/regwarden_gc.prom"
 CLEANUP_UNIT = "regwarden-registry-tag-cleanup.service"
 CLEANUP_REPORT = "/var/lib/regwarden/tag-cleanup.json"
 PROBE_UNIT = "regwarden-registry-probe"
@@ -118,6 +119,13 @@ def test_gc_restarts_each_registry_keeps_index_children_and_triggers_the_scan(vm
         for layer in child["layers"]:
             assert vm.request("%s/blobs/%s" % (base, layer), auth=True)["body_digest"] == layer
 
+    # Every registry's run is recorded; bytes freed are measured on the filesystem.
+    gc = prom_values(vm.check("cat %s", GC_PROM))
+    for name in scenario.registry_names:
+        assert gc['regwarden_gc_success{registry="%s"}' % name] == 1, name
+    assert 'regwarden_gc_bytes_freed{registry="%s"}' % scenario.private_name in gc
+    assert gc['regwarden_gc_last_run_timestamp_seconds{registry="%s"}' % scenario.private_name] >= int(report_before)
+
     # The scan ran right after the GC.
     scan_log = vm.check("journalctl --no-pager -o cat -u %s --since %s", SCAN_UNIT + ".service", since)
     assert scan_log.strip(), "the scan did not run after the GC"
@@ -203,6 +211,10 @@ def test_alert_rules_installed_where_the_option_says(vm, scenario):
     rules = vm.host.file(path)
     assert rules.exists and rules.mode == 0o644
     assert "RegistryProbeStale" in rules.content_string
+    dashboard = vm.host.file("%s/regwarden-registry-dashboard.json"
+                             % scenario.settings["docker_registry_grafana_dashboards_dir"])
+    assert dashboard.exists and dashboard.mode == 0o644
+    assert json.loads(dashboard.content_string)["uid"] == "regwarden-registry"
 
 
 def test_scan_service_reports_damage_planted_in_private_storage(vm, scenario):
@@ -264,6 +276,8 @@ def test_gc_skips_a_registry_whose_lock_another_writer_holds(vm, scenario):
         assert "%s: stopping registry-%s" % (scenario.private_name, scenario.private_name) not in log
         # The other registries were collected all the same.
         assert "garbage collection failed for: %s" % scenario.private_name in log
+        gc = prom_values(vm.check("cat %s", GC_PROM))
+        assert gc['regwarden_gc_success{registry="%s"}' % scenario.private_name] == 0
     finally:
         vm.run("kill %s", holder)
     vm.wait_until("the lock to be free", lambda: vm.run("flock --nonblock %s true", locked).rc == 0,

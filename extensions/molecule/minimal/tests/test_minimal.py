@@ -61,3 +61,4 @@ def test_the_probe_speaks_http_and_the_scan_and_gc_run_clean(host, settings):
     assert report["incomplete_registries"] == [] and report["scan_errors"] == []
     assert report["blob_scan"]["registries"] == ["private"]
     assert not host.file("/etc/prometheus/rules").exists
+    assert not host.file("/var/lib/grafana/dashboards").exists

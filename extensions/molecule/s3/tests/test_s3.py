@@ -166,6 +166,11 @@ def test_maintenance_cycle_on_s3_keeps_pulls_going(vm):
         assert "config-readonly" not in vm.check("docker inspect --format '{{json .Config.Cmd}}' %s",
                                                  vm.container(service))
     assert vm.push(repo, "after", unique("seed"))["manifest_digest"]
+    # The run is recorded (bytes freed are only measured on a filesystem).
+    gc = prom_values(vm.check("cat /var/lib/node_exporter/textfile_collector/regwarden_gc.prom"))
+    assert gc['regwarden_gc_success{registry="private"}'] == 1
+    assert gc['regwarden_gc_blobs_deleted{registry="private"}'] >= len(old["layers"]) + 1
+    assert 'regwarden_gc_bytes_freed{registry="private"}' not in gc
 
 
 def test_the_scan_reads_the_bucket_and_the_probe_is_clean(vm):
