@@ -6,6 +6,7 @@ Used by the registry_blob_scan module and by the scanner CLI on the registry VM.
 """
 
 import os
+import time
 
 from ansible_collections.regwarden.registry.plugins.module_utils import _driver
 from ansible_collections.regwarden.registry.plugins.module_utils._fs_view import LINK_OK_STATE
@@ -14,6 +15,7 @@ from ansible_collections.regwarden.registry.plugins.module_utils._storage import
     BLOB_GONE_STATES,
     BLOB_UNREADABLE,
     DATA_EMPTY,
+    DATA_PRESENT,
     EMPTY_SHA256,
     LINK_INVALID,
     LINK_MISSING,
@@ -39,33 +41,35 @@ def new_result():
         "incomplete_registries": [],
         "summary": {},
         "registries": [],
+        "capacity": {},
     }
 
 
 def scan_blobs(storage, registries=None, remove_orphans=False, verify_digests=False, check_mode=False,
-               processes=None, allow_incomplete=False, max_findings=_driver.DEFAULT_MAX_FINDINGS):
+               processes=None, allow_incomplete=False, max_findings=_driver.DEFAULT_MAX_FINDINGS, capacity=False):
     """Scan the registries of ``storage`` (a filesystem path or a backend); see the registry_blob_scan
     module for the result.
 
     ``processes``: registries scanned at once (default: the usable CPUs, see _parallel).
     ``allow_incomplete`` False: IncompleteScan when a registry could not be scanned whole.
+    ``capacity``: also the capacity figures of every registry (result key ``capacity``).
     """
     mode = _driver.mode_of(remove_orphans, check_mode)
     storage = _driver.as_storage(storage)
 
     def work(name, location, _active):
-        return [scan_registry(storage, name, location, mode, verify_digests)]
+        return [scan_registry(storage, name, location, mode, verify_digests, capacity)]
 
     return _driver.run_analyses(storage, [(analysis(mode), registries)], work, processes, allow_incomplete,
                                 max_findings)[0]
 
 
-def scan_registry(storage, name, location, mode=_driver.REPORT, verify_digests=False):
+def scan_registry(storage, name, location, mode=_driver.REPORT, verify_digests=False, capacity=False):
     """One registry's blob scan, as a result of its own (merged by the caller)."""
     result = new_result()
     with _driver.registry_writer(mode, storage, name, location) as writer:
         walk_registry(storage, name, location, lambda blobs, errors: [
-            BlobScanner(name, blobs, errors, result, writer, verify_digests)])
+            BlobScanner(name, blobs, errors, result, writer, verify_digests, capacity)])
     return result
 
 
@@ -102,7 +106,7 @@ class BlobScanner:
     (given only when orphan removal was asked for) removes orphan layer links.
     """
 
-    def __init__(self, name, blobs, errors, result, writer=None, verify_digests=False):
+    def __init__(self, name, blobs, errors, result, writer=None, verify_digests=False, capacity=False):
         self.name = name
         self.blobs = blobs
         self.errors = errors
@@ -122,9 +126,12 @@ class BlobScanner:
             "removed_links": 0,
         }
         self.zero_byte = {}
+        # Capacity figures, when asked for: repository -> the blobs it links (32-byte digests), its uploads.
+        self.capacity = _Capacity(blobs) if capacity and blobs is not None else None
 
     def add_repository(self, repo_name, repo):
         self.counts["repositories"] += 1
+        linked = set() if self.capacity is not None else None
         for kind in LINK_KINDS:
             states = {}
             with repo.open_links(kind) as links:
@@ -136,6 +143,10 @@ class BlobScanner:
                 repo.record_layer_links(states, unreadable=unreadable)
             else:
                 repo.record_revisions(states, unreadable=unreadable)
+            if linked is not None:
+                linked.update(bytes.fromhex(entry) for entry, state in states.items() if state == LINK_OK_STATE)
+        if linked is not None:
+            self.capacity.add_repository(repo_name, linked, repo.upload_entries())
 
     def finish(self):
         """Add this registry's zero-byte blobs, digest scrub, summary and scan errors to the result."""
@@ -151,6 +162,9 @@ class BlobScanner:
         if self.verify_digests and blobs is not None:
             counts["corrupt_blobs"] = _verify_digests(name, blobs, result, self.errors)
         counts["blobs_checked"] = blobs.checked_count() if blobs is not None else 0
+        if self.capacity is not None:
+            # After the count: the figures stat every blob, the scan's own checks do not.
+            result["capacity"][name] = self.capacity.figures()
         record_registry(result, name, counts, self.errors)
 
     def _scan_link_kind(self, repo, links, entries, kind, states):
@@ -229,6 +243,75 @@ class BlobScanner:
         self.counts["removed_links"] += 1
         self.result["removed_links"].append(link_path)
         return True
+
+
+class _Capacity:
+    """Where a registry's bytes are: blob data per repository (unique to it or shared), blobs no
+    repository links (plain garbage-collect frees at least these), and abandoned uploads."""
+
+    def __init__(self, blobs):
+        self.blobs = blobs
+        blobs.keep_sizes()
+        self.repos = {}  # repository -> set of 32-byte digests it links (layers and revisions)
+        self.uploads = {}  # repository -> [(bytes, start time or None)]
+
+    def add_repository(self, repo_name, linked, uploads):
+        self.repos[repo_name] = linked
+        self.uploads[repo_name] = uploads
+
+    def _size(self, hex_digest):
+        """Bytes of a blob's data, None when it is not there (or could not be judged)."""
+        if self.blobs.data_state(hex_digest) not in (DATA_PRESENT, DATA_EMPTY):
+            return None
+        return self.blobs.size(hex_digest)
+
+    def figures(self, now=None):
+        now = time.time() if now is None else now
+        owners = {}
+        for linked in self.repos.values():
+            for key in linked:
+                owners[key] = owners.get(key, 0) + 1
+        sizes = {}
+        for key in owners:
+            size = self._size(key.hex())
+            if size is not None:
+                sizes[key] = size
+        repositories = {}
+        for repo_name, linked in sorted(self.repos.items()):
+            present = [key for key in linked if key in sizes]
+            linked_bytes = sum(sizes[key] for key in present)
+            unique_bytes = sum(sizes[key] for key in present if owners[key] == 1)
+            uploads = self.uploads.get(repo_name, [])
+            repositories[repo_name] = {
+                "linked_blobs": len(present),
+                "linked_bytes": linked_bytes,
+                "unique_bytes": unique_bytes,
+                "shared_bytes": linked_bytes - unique_bytes,
+                "uploads": len(uploads),
+                "upload_bytes": sum(size for size, _started in uploads),
+            }
+        blob_count = blob_bytes = unlinked_count = unlinked_bytes = 0
+        for hex_digest in self.blobs.iter_all():
+            size = self._size(hex_digest)
+            if size is None:
+                continue
+            blob_count += 1
+            blob_bytes += size
+            if bytes.fromhex(hex_digest) not in owners:
+                unlinked_count += 1
+                unlinked_bytes += size
+        uploads = [entry for entries in self.uploads.values() for entry in entries]
+        started = [when for _size, when in uploads if when is not None]
+        return {
+            "blobs": blob_count,
+            "blob_bytes": blob_bytes,
+            "unlinked_blobs": unlinked_count,
+            "unlinked_bytes": unlinked_bytes,
+            "uploads": len(uploads),
+            "upload_bytes": sum(size for size, _when in uploads),
+            "oldest_upload_age_seconds": int(max(0, now - min(started))) if started else None,
+            "repositories": repositories,
+        }
 
 
 def _invalid(result, counts, name, repo, kind, hex_digest, path, reason):

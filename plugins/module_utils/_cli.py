@@ -62,6 +62,9 @@ def parse_args(argv):
     scan.add_argument("--max-findings", type=int, default=DEFAULT_MAX_FINDINGS,
                       help="entries kept per findings list in the report (the true counts are in 'totals')")
     scan.add_argument("--verify-digests", action="store_true", help="hash every blob (expensive)")
+    scan.add_argument("--capacity", action="store_true",
+                      help="also where the bytes are: blob data per registry and repository (unique and shared), "
+                           "blobs no repository links, abandoned uploads")
     scan.add_argument("--report", help="write the JSON report here (atomically)")
     scan.add_argument("--prom", help="write Prometheus textfile metrics here (atomically)")
 
@@ -174,7 +177,7 @@ def run_scan(args):
     blob, index = scan_storage(storage, blob_registries=blob_registries,
                                index_registries=_names(args.index_registries) or [],
                                verify_digests=args.verify_digests, allow_incomplete=True,
-                               max_findings=args.max_findings)
+                               max_findings=args.max_findings, capacity=args.capacity)
     return {
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "path": storage.describe() if storage.kind == "s3" else os.path.abspath(args.path),
@@ -235,6 +238,8 @@ def render_scan_prom(report, success, now):
         incomplete = set(report["incomplete_registries"])
         lines += ['regwarden_scan_registry_scanned{registry="%s"} %d'
                   % (_escape_label(name), 0 if name in incomplete else 1) for name in sorted(registries)]
+    if report is not None and report["blob_scan"].get("capacity"):
+        lines += _capacity_lines(report["blob_scan"]["capacity"])
     lines += [
         "# HELP regwarden_scan_last_run_timestamp_seconds When the last scan finished.",
         "# TYPE regwarden_scan_last_run_timestamp_seconds gauge",
@@ -244,6 +249,40 @@ def render_scan_prom(report, success, now):
         "regwarden_scan_success %d" % (1 if success else 0),
     ]
     return "\n".join(lines) + "\n"
+
+
+# Per-repository series only for the largest repositories of each registry: a registry with
+# thousands of repositories must not become thousands of series (the report has them all).
+CAPACITY_TOP_REPOSITORIES = 20
+_CAPACITY_REGISTRY_METRICS = (
+    ("blob_bytes", "regwarden_capacity_blob_bytes", "Bytes of blob data in the registry."),
+    ("blobs", "regwarden_capacity_blobs", "Blobs with data in the registry."),
+    ("unlinked_bytes", "regwarden_capacity_unlinked_bytes",
+     "Bytes of blobs no repository links (plain garbage-collect frees at least these)."),
+    ("unlinked_blobs", "regwarden_capacity_unlinked_blobs", "Blobs no repository links."),
+    ("upload_bytes", "regwarden_capacity_upload_bytes", "Bytes of unfinished uploads (_uploads)."),
+    ("uploads", "regwarden_capacity_uploads", "Unfinished upload sessions (_uploads)."),
+    ("oldest_upload_age_seconds", "regwarden_capacity_oldest_upload_age_seconds",
+     "Age of the oldest unfinished upload."),
+)
+
+
+def _capacity_lines(capacity):
+    lines = []
+    for field, metric, help_text in _CAPACITY_REGISTRY_METRICS:
+        lines += ["# HELP %s %s" % (metric, help_text), "# TYPE %s gauge" % metric]
+        lines += ['%s{registry="%s"} %d' % (metric, _escape_label(name), figures[field])
+                  for name, figures in sorted(capacity.items()) if figures.get(field) is not None]
+    lines += ["# HELP regwarden_capacity_repository_bytes Blob data a repository links, unique to it or shared "
+              "(the %d largest repositories of each registry)." % CAPACITY_TOP_REPOSITORIES,
+              "# TYPE regwarden_capacity_repository_bytes gauge"]
+    for name, figures in sorted(capacity.items()):
+        largest = sorted(figures["repositories"].items(), key=lambda item: (-item[1]["linked_bytes"], item[0]))
+        for repo, repo_figures in largest[:CAPACITY_TOP_REPOSITORIES]:
+            for kind in ("unique", "shared"):
+                lines.append('regwarden_capacity_repository_bytes{registry="%s",repository="%s",sharing="%s"} %d'
+                             % (_escape_label(name), _escape_label(repo), kind, repo_figures[kind + "_bytes"]))
+    return lines
 
 
 def write_atomically(path, text, mode=0o644):

@@ -399,6 +399,41 @@ class FsRepository:
                 self._layer_dirs.add(hex_digest)
             self._layer_links[hex_digest] = LINK_OK_STATE
 
+    def upload_entries(self):
+        """[(bytes of data, start time or None)] of every upload session left in _uploads.
+
+        Sessions are directories; their ``data`` and ``startedat`` are stat'ed, never followed or read.
+        """
+        uploads_path = os.path.join(self.path, "_uploads")
+        dir_fd, _refused = open_subdir_checked(self.fd, ("_uploads",), self.path, self.errors)
+        if dir_fd is None:
+            return []
+        entries = []
+        try:
+            for name, is_dir, _is_link in iter_link_dirs(dir_fd):
+                if not is_dir:
+                    continue  # a symlink or a stray file is no upload session the registry resumes
+                size, started = 0, None
+                for part in ("data", "startedat"):
+                    try:
+                        st = os.stat(name + "/" + part, dir_fd=dir_fd, follow_symlinks=False)
+                    except (FileNotFoundError, NotADirectoryError):
+                        continue
+                    except OSError as exc:
+                        self.errors.add(os.path.join(uploads_path, name, part), "cannot stat: %s"
+                                        % (exc.strerror or exc))
+                        continue
+                    if part == "data" and stat.S_ISREG(st.st_mode):
+                        size = st.st_size
+                    elif part == "startedat":
+                        started = st.st_mtime
+                entries.append((size, started))
+        except OSError as exc:
+            self.errors.add(uploads_path, "cannot list directory: %s" % (exc.strerror or exc))
+        finally:
+            close_fd(dir_fd)
+        return entries
+
     def revision_path(self, hex_digest):
         return os.path.join(self.revisions_dir, hex_digest, "link")
 
@@ -489,6 +524,7 @@ class BlobStore:
         self._prefixes = {}
         self._listings = {}  # prefix -> (symlinked names, other non-directories) of that directory
         self._states = {}  # 32-byte digest -> DATA_* / BLOB_* state
+        self._sizes = None  # 32-byte digest -> size of the data file, once keep_sizes() asked for them
 
     def close(self):
         for fd in self._prefixes.values():
@@ -500,6 +536,20 @@ class BlobStore:
 
     def data_path(self, hex_digest):
         return os.path.join(self.root, hex_digest[:2], hex_digest, "data")
+
+    def keep_sizes(self):
+        """Remember the size of every data file stat'ed from now on (the capacity figures)."""
+        if self._sizes is None:
+            self._sizes = {}
+
+    def size(self, hex_digest):
+        """Bytes of the blob's data (after data_state said it is there; keep_sizes() first)."""
+        if self._sizes is None:
+            return None
+        key = bytes.fromhex(hex_digest)
+        if key not in self._sizes:
+            self.fresh_data_state(hex_digest)  # stat'ed before keep_sizes(): once more, remembering the size
+        return self._sizes.get(key)
 
     def checked_count(self):
         return len(self._states)
@@ -630,6 +680,8 @@ class BlobStore:
             return BLOB_UNREADABLE
         mode = st.st_mode
         if stat.S_ISREG(mode):
+            if self._sizes is not None:
+                self._sizes[bytes.fromhex(hex_digest)] = st.st_size
             return DATA_PRESENT if st.st_size > 0 else DATA_EMPTY
         if stat.S_ISDIR(mode):
             return BLOB_NOT_REGULAR  # the registry answers "blob unknown" for a directory

@@ -660,6 +660,7 @@ class S3Repository:
         self.tag_etags = {}  # tag -> ETag of current/link (the link cache's key)
         self.tag_contents = {}
         self.uploads = 0
+        self.upload_sessions = {}  # upload id -> [bytes of data, start time (startedat's LastModified)]
         self.revisions = {}
         self._states = {"layer": {}, "revision": {}}
         self._verified = {"layer": None, "revision": None}
@@ -686,6 +687,14 @@ class S3Repository:
         marker = parts[0]
         if marker == "_uploads":
             self.uploads += 1
+            if len(parts) == 3 and parts[2] in ("data", "startedat"):
+                session = self.upload_sessions.setdefault(parts[1], [0, None])
+                if parts[2] == "data":
+                    session[0] = size
+                else:
+                    session[1] = mtime
+            elif len(parts) > 2:
+                self.upload_sessions.setdefault(parts[1], [0, None])
             return
         if marker == "_layers":
             kind, rest = "layer", parts[1:]
@@ -812,6 +821,10 @@ class S3Repository:
         if kind == "revision":
             self.revisions[hex_digest] = _LINK_OK_STATE
         self._states[kind][hex_digest] = _LINK_OK_STATE
+
+    def upload_entries(self):
+        """[(bytes of data, start time or None)] of every upload session left in _uploads."""
+        return [tuple(self.upload_sessions[name]) for name in sorted(self.upload_sessions)]
 
     def revision_path(self, hex_digest):
         return self.link_path("revision", hex_digest)
@@ -987,6 +1000,12 @@ class S3BlobStore:
     def iter_all(self):
         for key in sorted(self._sizes):
             yield key.hex()
+
+    def keep_sizes(self):
+        """Sizes come with the listing: nothing to remember."""
+
+    def size(self, hex_digest):
+        return self._sizes.get(bytes.fromhex(hex_digest))
 
 
 class ManifestFiles:

@@ -15,13 +15,14 @@ def main():
         registries=dict(type="list", elements="str"),
         remove_orphans=dict(type="bool", default=False),
         verify_digests=dict(type="bool", default=False),
+        capacity=dict(type="bool", default=False),
     )
     params = module.params
     common.run_and_exit(
         module, "registry_blob_scan",
         lambda: scan_blobs(common.storage_of(params), registries=params["registries"],
                            remove_orphans=params["remove_orphans"], verify_digests=params["verify_digests"],
-                           **common.scan_options(module)),
+                           capacity=params["capacity"], **common.scan_options(module)),
         count_findings, params["fail_on_findings"],
         lambda result: common.lines_diff("orphan layer links", removed=result["removed_links"]))
 

@@ -9,6 +9,7 @@ are medians of the per-round ratios):
   (b) index audit    audit_indexes(path, registries=<all registries>)
   (c) both           both scans in one walk: scan_storage(path, index_registries=<all>), what the
                      scanner CLI on the VM runs (each link read and each blob stat'ed once for both)
+  (f) capacity       (c) with capacity=True: also every blob stat'ed and the bytes per repository counted
   (d) find           find PATH -name link -type f | wc -l
   (e) naive          naive_scan.py (os.walk + isfile + json.load per link)
 Wall time from the parent's clock; CPU time from GNU time around the child; peak memory is the
@@ -35,11 +36,12 @@ sys.path.insert(0, HERE)
 
 import generate_tree  # noqa: E402  (sibling script, found through sys.path above)
 
-MODES = ("blob", "index", "both", "find", "naive")
+MODES = ("blob", "index", "both", "capacity", "find", "naive")
 LABELS = {
     "blob": "(a) registry_blob_scan scan",
     "index": "(b) registry_index_audit scan",
     "both": "(c) both scans, one walk",
+    "capacity": "(f) both + capacity figures",
     "find": "(d) find -name link | wc -l",
     "naive": "(e) naive os.walk scan",
 }
@@ -97,8 +99,9 @@ def child_main(mode, path, out_file, full, profile_file):
         start = time.perf_counter()
         # cProfile sees only its own process: profile with the registries one after another.
         processes = 1 if profiler is not None else None
-        if mode == "both":
-            blob_result, index_result = scan_storage(path, index_registries=names, processes=processes)
+        if mode in ("both", "capacity"):
+            blob_result, index_result = scan_storage(path, index_registries=names, processes=processes,
+                                                     capacity=mode == "capacity")
         else:
             blob_result = scan_blobs(path, processes=processes) if mode == "blob" else None
             index_result = audit_indexes(path, registries=names, processes=processes) if mode == "index" else None

@@ -42,7 +42,7 @@ def prom_files(private, storage, tmp_path):
     """A scan textfile and probe textfiles (findings, clean, failed run) written by the CLI."""
     private.push_multiarch("app", "multi", tags=["v1"])
     scan_prom = tmp_path / "regwarden_scan.prom"
-    assert _cli.main(["scan", "--path", str(storage), "--report", str(tmp_path / "scan.json"),
+    assert _cli.main(["scan", "--path", str(storage), "--capacity", "--report", str(tmp_path / "scan.json"),
                       "--prom", str(scan_prom)]) == _cli.EXIT_CLEAN
     probes = {
         "probe_findings.prom": _cli.render_probe_prom(
@@ -87,7 +87,9 @@ def test_every_alert_expression_uses_only_metrics_the_cli_writes(prom_files):
             "regwarden_probe_catalog_reachable", "regwarden_probe_duration_seconds",
             "regwarden_gc_last_run_timestamp_seconds", "regwarden_gc_success", "regwarden_gc_duration_seconds",
             "regwarden_gc_blobs_marked", "regwarden_gc_blobs_deleted", "regwarden_gc_manifests_deleted",
-            "regwarden_gc_bytes_freed"} == written
+            "regwarden_gc_bytes_freed", "regwarden_capacity_blob_bytes", "regwarden_capacity_blobs",
+            "regwarden_capacity_unlinked_bytes", "regwarden_capacity_unlinked_blobs", "regwarden_capacity_upload_bytes",
+            "regwarden_capacity_uploads", "regwarden_capacity_repository_bytes"} == written
     alerts = {rule["alert"]: rule["expr"] for rule in rules()}
     assert set(alerts) == EXPECTED_ALERTS
     for alert, expr in alerts.items():

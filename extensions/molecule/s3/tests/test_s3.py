@@ -186,6 +186,10 @@ def test_the_scan_reads_the_bucket_and_the_probe_is_clean(vm):
     values = prom_values(vm.check("cat %s", SCAN_PROM))
     assert values["regwarden_scan_success"] == 1
     assert sum(v for k, v in values.items() if k.startswith("regwarden_scan_findings")) == 0, values
+    # Where the bytes are, from the bucket listing.
+    capacity = report["blob_scan"]["capacity"]["private"]
+    assert capacity["blob_bytes"] > 0 and len(capacity["repositories"]) >= 5, capacity
+    assert values['regwarden_capacity_blob_bytes{registry="private"}'] == capacity["blob_bytes"]
 
     result = vm.run("timeout 600 systemctl start %s", PROBE_UNIT)
     probe = json.loads(vm.check("cat %s", PROBE_REPORT))
