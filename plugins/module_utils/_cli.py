@@ -73,9 +73,12 @@ def parse_args(argv):
     _storage_arguments(cleanup)
     cleanup.add_argument("--registries", default="private", help="comma-separated registries (default: private)")
     cleanup.add_argument("--keep", type=int, default=10, help="tags to keep per repository, newest first")
+    cleanup.add_argument("--pushed-within", type=int,
+                         help="seconds: every tag pushed this recently is kept as well (retention by age)")
     cleanup.add_argument("--include", help="regular expression of tags considered for removal")
     cleanup.add_argument("--exclude", help="regular expression of tags never removed")
-    cleanup.add_argument("--rules", help="JSON list of per-repository rules {repository, keep, include, exclude}")
+    cleanup.add_argument("--rules", help="JSON list of per-repository rules {repository, keep, pushed_within, include, "
+                                         "exclude}")
     cleanup.add_argument("--delete-untagged", action="store_true",
                          help="also unlink manifests no remaining tag reaches (never children of kept indexes)")
     cleanup.add_argument("--grace-period", type=int, default=3600,
@@ -363,7 +366,7 @@ def command_tag_cleanup(args):
         result = _tag_cleanup.cleanup_tags(
             storage_from_args(args), args.keep, include=args.include, exclude=args.exclude, rules=rules,
             registries=_names(args.registries), delete_untagged=args.delete_untagged,
-            grace_period=args.grace_period, allow_incomplete=True)
+            grace_period=args.grace_period, allow_incomplete=True, pushed_within=args.pushed_within)
         if result["scan_errors"] or result["incomplete_registries"]:
             error = "could not read or change everything (%d scan errors); see scan_errors in the report" % len(
                 result["scan_errors"])

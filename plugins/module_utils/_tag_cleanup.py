@@ -3,7 +3,8 @@
 """Tag cleanup that cannot break what it keeps.
 
 Per repository, the newest ``keep`` tags (by the mtime of the tag's current link, i.e. the
-last push) among those matching ``include`` and not ``exclude`` stay; older matching tags
+last push), and with ``pushed_within`` every tag pushed within that many seconds, among those
+matching ``include`` and not ``exclude`` stay; older matching tags
 are untagged the way the registry untags (the tag directory goes). Tags that do not match
 are never touched, nor is any tag or revision written less than ``grace_period`` seconds
 before the run started (a push in flight).
@@ -46,13 +47,19 @@ DEFAULT_GRACE_PERIOD = 3600
 
 
 class Policy:
-    """keep / include / exclude for the repositories a rule matches (regexes match whole names)."""
+    """keep / pushed_within / include / exclude for the repositories a rule matches (regexes match
+    whole names). A tag stays when it is among the newest ``keep`` or was pushed within
+    ``pushed_within`` seconds (None: no age rule)."""
 
-    def __init__(self, keep, include=None, exclude=None, repository=None):
+    def __init__(self, keep, include=None, exclude=None, repository=None, pushed_within=None):
         if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
             raise ScanError("keep must be a whole number of at least 1 (got %r); to remove every tag of a "
                             "repository delete the repository instead" % (keep,))
+        if pushed_within is not None and (not isinstance(pushed_within, int) or isinstance(pushed_within, bool)
+                                          or pushed_within < 0):
+            raise ScanError("pushed_within must be a whole number of seconds, 0 or more (got %r)" % (pushed_within,))
         self.keep = keep
+        self.pushed_within = pushed_within
         self.include = _compile(include, "include")
         self.exclude = _compile(exclude, "exclude")
         self.repository = _compile(repository, "repository")
@@ -72,18 +79,22 @@ def _compile(pattern, what):
         raise ScanError("%s is not a valid regular expression (%r): %s" % (what, pattern, exc)) from None
 
 
-def build_policies(keep, include=None, exclude=None, rules=None):
+def build_policies(keep, include=None, exclude=None, rules=None, pushed_within=None):
     """The default policy plus per-repository rules (first matching rule wins)."""
-    default = Policy(keep, include, exclude)
+    default = Policy(keep, include, exclude, pushed_within=pushed_within)
     policies = []
     for position, rule in enumerate(rules or []):
         if not isinstance(rule, dict) or not rule.get("repository"):
             raise ScanError("rules[%d] needs a 'repository' regular expression" % position)
-        unknown = set(rule) - {"repository", "keep", "include", "exclude"}
+        unknown = set(rule) - {"repository", "keep", "include", "exclude", "pushed_within"}
         if unknown:
             raise ScanError("rules[%d] has unknown keys: %s" % (position, ", ".join(sorted(unknown))))
-        policies.append(Policy(rule.get("keep", keep), rule.get("include", include), rule.get("exclude", exclude),
-                               rule["repository"]))
+        try:
+            policies.append(Policy(rule.get("keep", keep), rule.get("include", include),
+                                   rule.get("exclude", exclude), rule["repository"],
+                                   rule.get("pushed_within", pushed_within)))
+        except ScanError as exc:
+            raise ScanError("rules[%d]: %s" % (position, exc)) from None
     return default, policies
 
 
@@ -121,17 +132,19 @@ def finish_result(result, mode):
 
 def cleanup_tags(storage, keep, include=None, exclude=None, rules=None, registries=DEFAULT_REGISTRIES,
                  delete_untagged=False, check_mode=False, grace_period=DEFAULT_GRACE_PERIOD, processes=None,
-                 allow_incomplete=False, max_findings=_driver.DEFAULT_MAX_FINDINGS, now=None):
+                 allow_incomplete=False, max_findings=_driver.DEFAULT_MAX_FINDINGS, now=None, pushed_within=None):
     """Clean up tags in the registries of ``storage`` (a filesystem path or a backend); see the
     registry_tag_cleanup module.
 
     ``grace_period``: seconds before the start of the run (``now``, default the clock) within
-    which a tag, revision or layer link written is never removed.
+    which a tag, revision or layer link written is never removed. ``pushed_within``: seconds
+    within which a tag pushed is kept besides the newest ``keep`` (None: no age rule).
     """
-    default, policies = build_policies(keep, include, exclude, rules)
+    default, policies = build_policies(keep, include, exclude, rules, pushed_within)
     if not isinstance(grace_period, int) or isinstance(grace_period, bool) or grace_period < 0:
         raise ScanError("grace_period must be a whole number of seconds, 0 or more (got %r)" % (grace_period,))
-    cutoff = (time.time() if now is None else now) - grace_period
+    now = time.time() if now is None else now
+    cutoff = now - grace_period
     mode = _driver.mode_of(True, check_mode)
     storage = _driver.as_storage(storage)
 
@@ -139,7 +152,7 @@ def cleanup_tags(storage, keep, include=None, exclude=None, rules=None, registri
         result = new_result()
         with _driver.registry_writer(mode, storage, name, location, cutoff) as writer:
             walk_registry(storage, name, location, lambda blobs, errors: [
-                TagCleaner(name, blobs, errors, result, writer, default, policies, delete_untagged, cutoff)])
+                TagCleaner(name, blobs, errors, result, writer, default, policies, delete_untagged, cutoff, now)])
         return [result]
 
     analysis = _driver.Analysis("tag_cleanup", new_result, lambda result: finish_result(result, mode))
@@ -154,8 +167,9 @@ class _Skip(Exception):
 class TagCleaner:
     """The tag cleanup of one registry, fed one repository at a time by the shared walk."""
 
-    def __init__(self, name, blobs, errors, result, writer, default, policies, delete_untagged, cutoff):
+    def __init__(self, name, blobs, errors, result, writer, default, policies, delete_untagged, cutoff, now=None):
         self.name = name
+        self.now = time.time() if now is None else now
         self.errors = errors
         self.result = result
         self.writer = writer
@@ -199,7 +213,10 @@ class TagCleaner:
             key=lambda tag: (tags[tag].updated, tag),
             reverse=True,
         )
-        return sorted(tag for tag in candidates[policy.keep:] if tags[tag].updated <= self.cutoff)
+        # Pushed within the age rule: kept too (the union with the newest ``keep``).
+        recent_enough = self.now - policy.pushed_within if policy.pushed_within is not None else None
+        return sorted(tag for tag in candidates[policy.keep:] if tags[tag].updated <= self.cutoff
+                      and (recent_enough is None or tags[tag].updated < recent_enough))
 
     def _reachable(self, repo, roots, why):
         """Manifests reached from ``roots`` (index children at any depth); _Skip when one cannot be read.

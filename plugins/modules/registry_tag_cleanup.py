@@ -27,9 +27,11 @@ def main():
         rules=dict(type="list", elements="dict", options=dict(
             repository=dict(type="str", required=True),
             keep=dict(type="int"),
+            pushed_within=dict(type="int"),
             include=dict(type="str"),
             exclude=dict(type="str"),
         )),
+        pushed_within=dict(type="int"),
         delete_untagged=dict(type="bool", default=False),
         grace_period=dict(type="int", default=DEFAULT_GRACE_PERIOD),
     )
@@ -41,7 +43,7 @@ def main():
         lambda: cleanup_tags(common.storage_of(params), params["keep"], include=params["include"],
                              exclude=params["exclude"], rules=rules, registries=params["registries"],
                              delete_untagged=params["delete_untagged"], grace_period=params["grace_period"],
-                             **common.scan_options(module)),
+                             pushed_within=params["pushed_within"], **common.scan_options(module)),
         diff=_diff)
 
 

@@ -165,3 +165,39 @@ def test_blobs_of_a_kept_orphan_child_stay_linked_for_its_repair(private, storag
     assert private.layer_link_path("app", arm_layer).is_file()
     [orphan] = audit_indexes(str(storage), repair=True)["orphan_index_children"]
     assert (orphan["index_digest"], orphan["repair"]) == (digest(index), "repaired")
+
+
+def test_pushed_within_keeps_recent_pushes_besides_the_newest_keep(private, storage):
+    now = 1_800_000_000
+    day = 86400
+    ages = {"old": 40 * day, "month": 20 * day, "week": 6 * day, "new": 1 * day}
+    for tag, age in ages.items():
+        private.push_multiarch("app", "idx-" + tag, tags=[tag])
+        os.utime(private.tag_link_path("app", tag), (now - age, now - age))
+    for tag, age in ages.items():
+        private.push_image("other", "img-" + tag, tags=[tag])
+        os.utime(private.tag_link_path("other", tag), (now - age, now - age))
+    result = cleanup_tags(str(storage), keep=1, pushed_within=30 * day, grace_period=0, now=now,
+                          delete_untagged=True,
+                          rules=[{"repository": "other", "pushed_within": 7 * day}])
+    # app: the newest one, and everything within 30 days; only the 40-day-old index goes, whole.
+    assert remaining_tags(private, "app") == ["month", "new", "week"]
+    # other (its own rule): within 7 days.
+    assert remaining_tags(private, "other") == ["new", "week"]
+    assert sorted((f["repo"], f["tag"]) for f in result["removed_tags"]) == [
+        ("app", "old"), ("other", "month"), ("other", "old")]
+    # Every kept index is still whole.
+    assert count_findings(audit_indexes(str(storage))) == 0
+
+
+def test_pushed_within_zero_is_keep_alone_and_bad_values_are_errors(private, storage):
+    for tag in ("1", "2", "3"):
+        private.push_image("app", "img" + tag, tags=[tag])
+    age_tags(private, "app", ["1", "2", "3"])
+    cleanup_tags(str(storage), keep=1, pushed_within=0, grace_period=0)
+    assert remaining_tags(private, "app") == ["3"]
+    for bad in (-1, "7d", True):
+        with pytest.raises(ScanError, match="pushed_within must be a whole number of seconds"):
+            cleanup_tags(str(storage), keep=1, pushed_within=bad)
+    with pytest.raises(ScanError, match=r"rules\[0\]: pushed_within"):
+        cleanup_tags(str(storage), keep=1, rules=[{"repository": "app", "pushed_within": -5}])
