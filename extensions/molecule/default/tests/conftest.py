@@ -7,12 +7,12 @@ the converge cannot drift apart. HTTP goes through registry_client.py, copied in
 import base64
 import json
 import pathlib
-import time
 import uuid
 from dataclasses import dataclass
 
 import pytest
 import yaml
+from vm_shell import VMShell
 
 TESTS_DIR = pathlib.Path(__file__).resolve().parent
 SCENARIO_DIR = TESTS_DIR.parent
@@ -105,21 +105,12 @@ def unique(prefix):
     return "%s-%s" % (prefix, uuid.uuid4().hex[:12])
 
 
-class VM:
+class VM(VMShell):
     def __init__(self, host, scenario):
-        self.host = host
+        super().__init__(host, scenario.project)
         self.scenario = scenario
 
     # --- commands ---------------------------------------------------------------------------
-    def run(self, command, *args):
-        """host.run with every argument shell-quoted (testinfra wants strings: use %s only)."""
-        return self.host.run(command, *[str(arg) for arg in args])
-
-    def check(self, command, *args):
-        result = self.run(command, *args)
-        assert result.rc == 0, "%s failed (%d): %s %s" % (result.command, result.rc, result.stdout, result.stderr)
-        return result.stdout
-
     def client(self, *args, auth=False):
         """Runs registry_client.py; the password travels in the environment, not in argv.
 
@@ -142,15 +133,6 @@ class VM:
         return self.client(*args, auth=auth)
 
     # --- containers -------------------------------------------------------------------------
-    def container(self, service):
-        name = self.check(
-            "docker ps -a --filter label=com.docker.compose.project=%s "
-            "--filter label=com.docker.compose.service=%s --format '{{.Names}}'",
-            self.scenario.project, service,
-        ).strip()
-        assert name, "no container for Compose service %s" % service
-        return name
-
     def inspect(self, container, template):
         return self.check("docker inspect --format %s %s", template, container).strip()
 
@@ -158,16 +140,6 @@ class VM:
         return ["registry-%s" % name for name in self.scenario.registry_names] + ["nginx"]
 
     # --- waiting ----------------------------------------------------------------------------
-    def wait_until(self, what, predicate, timeout=180, interval=3):
-        deadline = time.monotonic() + timeout
-        while True:
-            last = predicate()
-            if last:
-                return last
-            if time.monotonic() > deadline:
-                raise AssertionError("timed out after %ds waiting for %s" % (timeout, what))
-            time.sleep(interval)
-
     def stack_healthy(self):
         for service in self.services():
             state = self.run(

@@ -7,7 +7,7 @@ scenario's registry_client.py (one client for every scenario), copied into the V
 import base64
 import json
 import pathlib
-import time
+import sys
 import uuid
 
 import pytest
@@ -16,7 +16,12 @@ import yaml
 TESTS_DIR = pathlib.Path(__file__).resolve().parent
 SCENARIO_DIR = TESTS_DIR.parent
 ROLE_DEFAULTS = SCENARIO_DIR.parents[2] / "roles" / "docker_registry" / "defaults" / "main.yml"
-CLIENT_SOURCE = SCENARIO_DIR.parent / "default" / "tests" / "registry_client.py"
+DEFAULT_TESTS = SCENARIO_DIR.parent / "default" / "tests"
+CLIENT_SOURCE = DEFAULT_TESTS / "registry_client.py"
+sys.path.insert(0, str(DEFAULT_TESTS))  # vm_shell, shared with the default scenario's tests
+
+from vm_shell import VMShell  # noqa: E402
+
 CLIENT_PATH = "/root/regwarden-tests/registry_client.py"
 S3_SETTINGS = "/etc/regwarden/s3.json"
 # Lists the bucket with the scanner's own settings file and the role-installed boto3: {key: size}.
@@ -46,26 +51,17 @@ def unique(prefix):
     return "%s-%s" % (prefix, uuid.uuid4().hex[:12])
 
 
-class VM:
+class VM(VMShell):
     def __init__(self, host, settings):
-        self.host = host
+        super().__init__(host, settings["docker_registry_compose_project"])
         self.settings = settings
         self.user = settings["docker_registry_private_users"][0]["username"]
         self.password = settings["docker_registry_private_users"][0]["password"]
         self.url = "http://127.0.0.1:%d" % settings["docker_registry_private_port"]
-        self.project = settings["docker_registry_compose_project"]
         name = settings["docker_registry_private_name"]
         self.replicas = ["registry-%s" % name] + ["registry-%s-%d" % (name, n)
                                                    for n in range(2, settings["docker_registry_private_replicas"] + 1)]
         self.root = "%s/%s/docker/registry/v2" % (settings["docker_registry_s3"]["prefix"], name)
-
-    def run(self, command, *args):
-        return self.host.run(command, *[str(arg) for arg in args])
-
-    def check(self, command, *args):
-        result = self.run(command, *args)
-        assert result.rc == 0, "%s failed (%d): %s %s" % (result.command, result.rc, result.stdout, result.stderr)
-        return result.stdout
 
     def client(self, *args, expect_ok=True):
         command = ["env", "REGISTRY_PASSWORD=" + self.password, "python3", CLIENT_PATH,
@@ -88,27 +84,10 @@ class VM:
     def bucket_keys(self, prefix):
         return json.loads(self.check("python3 -c %s %s", LIST_KEYS, prefix))
 
-    def container(self, service):
-        name = self.check("docker ps -a --filter label=com.docker.compose.project=%s "
-                          "--filter label=com.docker.compose.service=%s --format '{{.Names}}'",
-                          self.project, service).strip()
-        assert name and "\n" not in name, "not one container for Compose service %s: %r" % (service, name)
-        return name
-
     def state(self, service):
         result = self.run("docker inspect --format '{{.State.Status}} {{.State.Health.Status}}' %s",
                           self.container(service))
         return result.stdout.strip() if result.rc == 0 else ""
-
-    def wait_until(self, what, predicate, timeout=180, interval=2):
-        deadline = time.monotonic() + timeout
-        while True:
-            last = predicate()
-            if last:
-                return last
-            if time.monotonic() > deadline:
-                raise AssertionError("timed out after %ds waiting for %s" % (timeout, what))
-            time.sleep(interval)
 
     def wait_healthy(self, timeout=240):
         services = [*self.replicas, "redis", "nginx"]
