@@ -95,3 +95,61 @@ def test_two_hosts_on_one_bucket_collect_only_through_the_playbook(tmp_path):
     units_a = {unit["unit"]: unit for unit in json.loads((out / "vm-a-units.json").read_text())}
     assert units_a["regwarden-registry-tag-cleanup.service"]["installed"] is True
     assert units_a["regwarden-registry-scan.timer"]["enabled"] is True
+
+
+COMPOSE_PLAY = """
+- hosts: all
+  gather_facts: false
+  vars_files:
+    - {defaults}
+    - {vars}
+  tasks:
+    - name: Render the Compose file
+      ansible.builtin.template:
+        src: "{role}/templates/docker-compose.yml.j2"
+        dest: "{out}/docker-compose.yml"
+        mode: "0644"
+"""
+CA = "-----BEGIN CERTIFICATE-----\nMIIBregwardentest\n-----END CERTIFICATE-----\n"
+
+
+def test_the_compose_file_of_replicas_on_s3_with_a_private_ca(tmp_path):
+    import hashlib
+
+    import yaml
+
+    out = tmp_path / "out"
+    out.mkdir()
+    playbook = tmp_path / "compose.yml"
+    playbook.write_text(COMPOSE_PLAY.format(defaults=ROLE / "defaults" / "main.yml", vars=ROLE / "vars" / "main.yml",
+                                            role=ROLE, out=out))
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({
+        **SETTINGS, "docker_registry_caches": [],
+        "docker_registry_s3": {**SETTINGS["docker_registry_s3"], "ca_bundle": CA},
+        "_docker_registry_config_stat": {"results": [
+            {"docker_registry_registry_name": "private", "stat": {"checksum": "0" * 64}}]},
+    }))
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    proc = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), str(playbook), "-i", "vm-a,",
+                           "-c", "local", "-e", "ansible_python_interpreter=%s" % sys.executable,
+                           "-e", "@%s" % settings], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=300, stdin=subprocess.DEVNULL, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    services = yaml.safe_load((out / "docker-compose.yml").read_text())["services"]
+    assert sorted(services) == ["nginx", "redis", "registry-private", "registry-private-2"]
+    for name in ("registry-private", "registry-private-2"):
+        service = services[name]
+        # Only the CA variable: nothing of the host's AWS_* environment.
+        assert service["environment"] == {"SSL_CERT_FILE": "/etc/regwarden/s3-ca.pem"}
+        assert "/opt/registry/config/s3-ca.pem:/etc/regwarden/s3-ca.pem:ro" in service["volumes"]
+        assert not [v for v in service["volumes"] if "/opt/registry/data" in v], "no data directory on S3"
+        # A new CA recreates the replicas.
+        assert service["labels"]["org.regwarden.s3-ca-sha256"] == hashlib.sha256(CA.encode()).hexdigest()
+        assert service["networks"]["default"]["aliases"] == ["registry-private"]
+        assert service["depends_on"] == ["redis"]
+        assert service["command"] == ["/etc/docker/registry/${REGWARDEN_REGISTRY_CONFIG:-config.yml}"]
+    assert services["registry-private"]["ports"] == ["127.0.0.1:5150:5001"]
+    assert services["registry-private-2"]["ports"] == ["127.0.0.1:5151:5001"]
+    assert services["nginx"]["depends_on"] == ["registry-private", "registry-private-2"]
+    assert "--save" in services["redis"]["command"] and "ports" not in services["redis"]
