@@ -62,6 +62,9 @@ def parse_args(argv):
     scan.add_argument("--max-findings", type=int, default=DEFAULT_MAX_FINDINGS,
                       help="entries kept per findings list in the report (the true counts are in 'totals')")
     scan.add_argument("--verify-digests", action="store_true", help="hash every blob (expensive)")
+    scan.add_argument("--s3-registries",
+                      help="comma-separated registries of this filesystem scan that are kept in S3 (--s3-config); "
+                           "the others are read under --path")
     scan.add_argument("--capacity", action="store_true",
                       help="also where the bytes are: blob data per registry and repository (unique and shared), "
                            "blobs no repository links, abandoned uploads")
@@ -171,19 +174,52 @@ def run_scan(args):
     from ansible_collections.regwarden.registry.plugins.module_utils._driver import as_storage
     from ansible_collections.regwarden.registry.plugins.module_utils._storage_scan import scan_storage
 
-    storage = as_storage(storage_from_args(args))
+    s3_names = _names(args.s3_registries) or []
+    if s3_names and args.storage == "s3":
+        raise CommandError("--s3-registries names the registries of a filesystem scan that are in S3; with "
+                           "--storage s3 every registry is")
     expected = _names(args.expect_registries) or []
-    blob_registries = _names(args.registries)
-    if blob_registries is None and expected:
-        # Every registry there, and the expected ones whether there or not (missing is an error).
-        blob_registries = sorted({name for name, _location in storage.select(None)[0]} | set(expected))
-    blob, index = scan_storage(storage, blob_registries=blob_registries,
-                               index_registries=_names(args.index_registries) or [],
-                               verify_digests=args.verify_digests, allow_incomplete=True,
-                               max_findings=args.max_findings, capacity=args.capacity)
+    wanted = _names(args.registries)
+    index_names = _names(args.index_registries) or []
+    parts = []  # (storage, registries it holds or None for all, whether the others are excluded)
+    if s3_names:
+        from ansible_collections.regwarden.registry.plugins.module_utils._s3_view import S3Storage
+
+        parts.append((as_storage(args.path), None, set(s3_names)))
+        parts.append((S3Storage(read_s3_config(args.s3_config)), set(s3_names), set()))
+    else:
+        parts.append((as_storage(storage_from_args(args)), None, set()))
+    results = []
+    for storage, held, excluded in parts:
+        if wanted is not None:
+            blob_registries = [name for name in wanted if name not in excluded and (held is None or name in held)]
+        elif held is not None:
+            blob_registries = sorted(held)
+        elif expected or excluded:
+            # Every registry there, and the expected ones whether there or not (missing is an error).
+            present = {name for name, _location in storage.select(None)[0]}
+            blob_registries = sorted((present | set(expected)) - excluded)
+        else:
+            blob_registries = None
+        if blob_registries == []:
+            continue
+        results.append(scan_storage(storage, blob_registries=blob_registries,
+                                    index_registries=[name for name in index_names if name not in excluded
+                                                      and (held is None or name in held)],
+                                    verify_digests=args.verify_digests, allow_incomplete=True,
+                                    max_findings=args.max_findings, capacity=args.capacity))
+    if not results:
+        raise CommandError("nothing to scan: every registry named is excluded")
+    blob, index = results[0]
+    for more_blob, more_index in results[1:]:
+        blob = _merge_scans(blob, more_blob, _blob_scan.analysis().finish_result)
+        index = _merge_scans(index, more_index, _index_audit.analysis().finish_result)
+    storage = parts[0][0]
+    report_path = storage.describe() if storage.kind == "s3" else os.path.abspath(args.path)
     return {
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "path": storage.describe() if storage.kind == "s3" else os.path.abspath(args.path),
+        "path": report_path,
+        **({"s3": parts[1][0].describe()} if s3_names else {}),
         "findings": _blob_scan.count_findings(blob, include_errors=False)
         + _index_audit.count_findings(index, include_errors=False),
         "scan_errors": sorted({_error_key(e): e for e in blob["scan_errors"] + index["scan_errors"]}.values(),
@@ -192,6 +228,28 @@ def run_scan(args):
         "blob_scan": blob,
         "index_audit": index,
     }
+
+
+def _merge_scans(first, second, finish):
+    """One result of two finished ones (a filesystem part and an S3 part of the same scan)."""
+    merged = {}
+    for key in set(first) | set(second):
+        a, b = first.get(key), second.get(key)
+        if key == "totals":
+            a, b = a or {}, b or {}
+            merged[key] = {name: a.get(name, 0) + b.get(name, 0) for name in set(a) | set(b)}
+        elif key == "truncated":
+            merged[key] = sorted(set(a or []) | set(b or []))
+        elif isinstance(a if a is not None else b, list):
+            merged[key] = (a or []) + (b or [])
+        elif isinstance(a if a is not None else b, dict):
+            merged[key] = {**(a or {}), **(b or {})}
+        elif isinstance(a if a is not None else b, bool):
+            merged[key] = bool(a) or bool(b)
+        else:
+            merged[key] = a if a is not None else b
+    finish(merged)
+    return merged
 
 
 def _error_key(error):

@@ -153,3 +153,55 @@ def test_the_compose_file_of_replicas_on_s3_with_a_private_ca(tmp_path):
     assert services["registry-private-2"]["ports"] == ["127.0.0.1:5151:5001"]
     assert services["nginx"]["depends_on"] == ["registry-private", "registry-private-2"]
     assert "--save" in services["redis"]["command"] and "ports" not in services["redis"]
+
+
+MIXED_PLAY = """
+- hosts: all
+  gather_facts: false
+  vars_files:
+    - {defaults}
+    - {vars}
+  tasks:
+    - name: Render the Compose file, the GC script and the scan unit
+      ansible.builtin.template:
+        src: "{role}/templates/{{{{ item }}}}.j2"
+        dest: "{out}/{{{{ item }}}}"
+        mode: "0644"
+      loop: [docker-compose.yml, regwarden-registry-gc.sh, regwarden-registry-scan.service]
+"""
+
+
+def test_one_host_with_the_private_registry_on_s3_and_a_cache_on_disk(tmp_path):
+    import yaml
+
+    out = tmp_path / "out"
+    out.mkdir()
+    playbook = tmp_path / "mixed.yml"
+    playbook.write_text(MIXED_PLAY.format(defaults=ROLE / "defaults" / "main.yml", vars=ROLE / "vars" / "main.yml",
+                                          role=ROLE, out=out))
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({
+        "docker_registry_private_storage": "s3",
+        "docker_registry_s3": SETTINGS["docker_registry_s3"],
+        "docker_registry_caches": [{"name": "dockerhub", "remote_url": "https://registry-1.docker.io", "port": 5000}],
+        "_docker_registry_compose_command": "docker compose",
+        "_docker_registry_config_stat": {"results": [
+            {"docker_registry_registry_name": name, "stat": {"checksum": "0" * 64}}
+            for name in ("private", "dockerhub")]},
+    }))
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    proc = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), str(playbook), "-i", "vm-a,",
+                           "-c", "local", "-e", "ansible_python_interpreter=%s" % sys.executable,
+                           "-e", "@%s" % settings], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=300, stdin=subprocess.DEVNULL, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    services = yaml.safe_load((out / "docker-compose.yml").read_text())["services"]
+    private, cache = services["registry-private"], services["registry-dockerhub"]
+    assert "command" in private and not [v for v in private["volumes"] if "/opt/registry/data" in v]
+    assert "command" not in cache and "/opt/registry/data/dockerhub:/var/lib/registry" in cache["volumes"]
+    gc = (out / "regwarden-registry-gc.sh").read_text()
+    assert 'S3_REGISTRIES=" private "' in gc and "REGISTRIES=(private dockerhub)" in gc
+    assert "PRIVATE_ON_S3=1" in gc
+    scan = (out / "regwarden-registry-scan.service").read_text()
+    assert "--path /opt/registry/data" in scan and "--s3-registries private" in scan
+    assert "--expect-registries private,dockerhub" in scan

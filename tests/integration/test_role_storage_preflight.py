@@ -72,6 +72,11 @@ def test_a_complete_s3_setting_with_replicas_passes_and_never_prints_the_secret(
      "access_key and secret_key both or neither"),
     ({"docker_registry_config_overrides": {"storage": {"s3": {"bucket": "x"}}}},
      "may not set storage.s3"),
+    ({"docker_registry_private_storage": "nfs"}, "must be 'filesystem' or 's3'"),
+    ({"docker_registry_caches": [{"name": "hub", "remote_url": "https://registry-1.docker.io", "port": 5000,
+                                  "storage": "gcs"}]}, "must be 'filesystem' or 's3'"),
+    ({"docker_registry_storage": "s3", "docker_registry_s3": VALID_S3, "docker_registry_private_storage": "filesystem",
+      "docker_registry_private_replicas": 2}, "more than 1 needs the private registry on shared"),
     ({"docker_registry_storage": "s3", "docker_registry_s3": VALID_S3,
       "docker_registry_maintenance_leader": "elsewhere"}, "is not a host of this play"),
 ])
@@ -81,6 +86,12 @@ def test_preflight_refuses_with_a_clear_message_and_no_secret(tmp_path, extra, w
     text = " ".join(output(proc).split())
     assert words in text, text[-3000:]
     assert SECRET not in output(proc)
+
+
+def test_the_private_registry_alone_on_s3_with_replicas_passes(tmp_path):
+    proc = run_preflight(tmp_path, {"docker_registry_private_storage": "s3", "docker_registry_s3": VALID_S3,
+                                    "docker_registry_private_replicas": 2})
+    assert proc.returncode == 0, output(proc)[-3000:]
 
 
 def test_an_unknown_storage_is_refused_by_the_argument_spec(tmp_path):

@@ -177,7 +177,7 @@ def test_the_scan_reads_the_bucket_and_the_probe_is_clean(vm):
     vm.wait_until("the scan queued by GC", lambda: unit_property(vm, SCAN_UNIT, "ActiveState") in ("inactive", "failed")
                   and unit_property(vm, SCAN_UNIT, "ExecMainStartTimestampMonotonic") not in ("", "0"), timeout=300)
     assert unit_property(vm, SCAN_UNIT, "Result") == "success"
-    assert "--storage s3 --s3-config %s" % S3_SETTINGS in unit_property(vm, SCAN_UNIT, "ExecStart")
+    assert "--s3-config %s --s3-registries private" % S3_SETTINGS in unit_property(vm, SCAN_UNIT, "ExecStart")
     result = vm.run("timeout 600 systemctl start %s", SCAN_UNIT)
     assert result.rc == 0 and unit_property(vm, SCAN_UNIT, "Result") == "success"
     report = json.loads(vm.check("cat %s", SCAN_REPORT))
