@@ -21,6 +21,9 @@ import pytest
 from tests.support.oci import RegistryClient, make_image
 from tests.support.registry import Registry
 
+# Registry and storage behaviour, no Ansible code: once, not again per ansible-core (pyproject markers).
+pytestmark = pytest.mark.no_ansible
+
 STATE_FILE = "scheduler-state.json"
 WAIT_S = 30.0
 

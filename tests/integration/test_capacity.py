@@ -18,6 +18,9 @@ from tests.support.oci import RegistryClient, make_image, make_layer
 from tests.support.registry import Registry
 from tests.support.seaweed import S3Target, SeaweedS3
 
+# Registry and storage behaviour, no Ansible code: once, not again per ansible-core (pyproject markers).
+pytestmark = pytest.mark.no_ansible
+
 UPLOAD_BYTES = 3000
 BASE_LAYER = make_layer("capacity-base", size=5000)
 

@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from ansible_collections.regwarden.registry.plugins.module_utils import _cli
 from tests.support.oci import RegistryClient, make_image
 from tests.support.registry import Registry
 from tests.support.seaweed import S3Target, SeaweedS3
+
+# Registry and storage behaviour, no Ansible code: once, not again per ansible-core (pyproject markers).
+pytestmark = pytest.mark.no_ansible
 
 
 def orphan(registry, image):

@@ -8,9 +8,14 @@ import io
 import json
 import sys
 
+import pytest
+
 from ansible_collections.regwarden.registry.plugins.module_utils import _cli
 from tests.support.oci import RegistryClient, make_image
 from tests.support.registry import Registry
+
+# Registry and storage behaviour, no Ansible code: once, not again per ansible-core (pyproject markers).
+pytestmark = pytest.mark.no_ansible
 
 
 def blob_sizes(registry: Registry) -> dict[str, int]:

@@ -27,6 +27,9 @@ from tests.support.oci import (
 from tests.support.registry import Registry
 from tests.support.scenario import pull_through, wait_for_blobs
 
+# The test harness itself (registries and SeaweedFS), no Ansible code: once, not again per ansible-core.
+pytestmark = pytest.mark.no_ansible
+
 
 @pytest.fixture
 def registry(tmp_path):

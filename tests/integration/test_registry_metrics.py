@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import re
 
+import pytest
 import requests
 
 from tests.support.oci import RegistryClient, make_image
 from tests.support.registry import Registry
 from tests.unit.test_alert_rules import REGISTRY_METRICS
+
+# Registry and storage behaviour, no Ansible code: once, not again per ansible-core (pyproject markers).
+pytestmark = pytest.mark.no_ansible
 
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)\{([^}]*)\} ", re.M)
 
