@@ -31,12 +31,12 @@ PLAY = """
     - {defaults}
     - {vars}
   tasks:
-    - name: Render the GC and tag-cleanup scripts
+    - name: Render the role's templates
       ansible.builtin.template:
         src: "{role}/templates/{{{{ item }}}}.j2"
         dest: "{out}/{{{{ inventory_hostname }}}}-{{{{ item }}}}"
         mode: "0755"
-      loop: [regwarden-registry-gc.sh, regwarden-registry-tag-cleanup.sh]
+      loop: {templates}
     - name: The maintenance units as the role computes them
       ansible.builtin.copy:
         content: "{{{{ _docker_registry_maintenance_units | to_json }}}}"
@@ -45,22 +45,29 @@ PLAY = """
 """
 
 
-def render(tmp_path: Path) -> Path:
+def render(tmp_path: Path, templates, settings=None, hosts="vm-a,vm-b") -> Path:
+    """The role's ``templates`` rendered by Ansible (from the role's defaults and vars, ``settings`` as
+    extra vars) for each of ``hosts``, as <out>/<host>-<template>, and each host's maintenance units."""
     out = tmp_path / "out"
     out.mkdir()
     playbook = tmp_path / "render.yml"
     playbook.write_text(PLAY.format(defaults=ROLE / "defaults" / "main.yml", vars=ROLE / "vars" / "main.yml",
-                                    role=ROLE, out=out))
-    settings = tmp_path / "settings.json"
-    settings.write_text(json.dumps(SETTINGS))
+                                    role=ROLE, out=out, templates=json.dumps(list(templates))))
+    extra = tmp_path / "settings.json"
+    extra.write_text(json.dumps(SETTINGS if settings is None else settings))
     env = dict(os.environ, ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
     proc = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), str(playbook),
-                           "-i", "vm-a,vm-b", "-c", "local", "-e", "ansible_python_interpreter=%s" % sys.executable,
-                           "-e", "@%s" % settings],
+                           "-i", hosts + ("," if "," not in hosts else ""), "-c", "local",
+                           "-e", "ansible_python_interpreter=%s" % sys.executable, "-e", "@%s" % extra],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
                           stdin=subprocess.DEVNULL, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
+
+
+def config_checksums(*names):
+    """What the Compose template reads from the role's stat of each config (its checksum label)."""
+    return {"results": [{"docker_registry_registry_name": name, "stat": {"checksum": "0" * 64}} for name in names]}
 
 
 def run_script(path: Path, **env):
@@ -69,7 +76,7 @@ def run_script(path: Path, **env):
 
 
 def test_two_hosts_on_one_bucket_collect_only_through_the_playbook(tmp_path):
-    out = render(tmp_path)
+    out = render(tmp_path, ["regwarden-registry-gc.sh", "regwarden-registry-tag-cleanup.sh"])
     for host in ("vm-a", "vm-b"):
         units = {unit["unit"]: unit for unit in json.loads((out / ("%s-units.json" % host)).read_text())}
         assert units["regwarden-registry-gc.timer"]["enabled"] is False, host
@@ -97,19 +104,6 @@ def test_two_hosts_on_one_bucket_collect_only_through_the_playbook(tmp_path):
     assert units_a["regwarden-registry-scan.timer"]["enabled"] is True
 
 
-COMPOSE_PLAY = """
-- hosts: all
-  gather_facts: false
-  vars_files:
-    - {defaults}
-    - {vars}
-  tasks:
-    - name: Render the Compose file
-      ansible.builtin.template:
-        src: "{role}/templates/docker-compose.yml.j2"
-        dest: "{out}/docker-compose.yml"
-        mode: "0644"
-"""
 CA = "-----BEGIN CERTIFICATE-----\nMIIBregwardentest\n-----END CERTIFICATE-----\n"
 
 
@@ -118,25 +112,12 @@ def test_the_compose_file_of_replicas_on_s3_with_a_private_ca(tmp_path):
 
     import yaml
 
-    out = tmp_path / "out"
-    out.mkdir()
-    playbook = tmp_path / "compose.yml"
-    playbook.write_text(COMPOSE_PLAY.format(defaults=ROLE / "defaults" / "main.yml", vars=ROLE / "vars" / "main.yml",
-                                            role=ROLE, out=out))
-    settings = tmp_path / "settings.json"
-    settings.write_text(json.dumps({
+    out = render(tmp_path, ["docker-compose.yml"], {
         **SETTINGS, "docker_registry_caches": [],
         "docker_registry_s3": {**SETTINGS["docker_registry_s3"], "ca_bundle": CA},
-        "_docker_registry_config_stat": {"results": [
-            {"docker_registry_registry_name": "private", "stat": {"checksum": "0" * 64}}]},
-    }))
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
-    proc = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), str(playbook), "-i", "vm-a,",
-                           "-c", "local", "-e", "ansible_python_interpreter=%s" % sys.executable,
-                           "-e", "@%s" % settings], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          timeout=300, stdin=subprocess.DEVNULL, check=False)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    services = yaml.safe_load((out / "docker-compose.yml").read_text())["services"]
+        "_docker_registry_config_stat": config_checksums("private"),
+    }, hosts="vm-a")
+    services = yaml.safe_load((out / "vm-a-docker-compose.yml").read_text())["services"]
     assert sorted(services) == ["nginx", "redis", "registry-private", "registry-private-2"]
     for name in ("registry-private", "registry-private-2"):
         service = services[name]
@@ -155,53 +136,23 @@ def test_the_compose_file_of_replicas_on_s3_with_a_private_ca(tmp_path):
     assert "--save" in services["redis"]["command"] and "ports" not in services["redis"]
 
 
-MIXED_PLAY = """
-- hosts: all
-  gather_facts: false
-  vars_files:
-    - {defaults}
-    - {vars}
-  tasks:
-    - name: Render the Compose file, the GC script and the scan unit
-      ansible.builtin.template:
-        src: "{role}/templates/{{{{ item }}}}.j2"
-        dest: "{out}/{{{{ item }}}}"
-        mode: "0644"
-      loop: [docker-compose.yml, regwarden-registry-gc.sh, regwarden-registry-scan.service]
-"""
-
-
 def test_one_host_with_the_private_registry_on_s3_and_a_cache_on_disk(tmp_path):
     import yaml
 
-    out = tmp_path / "out"
-    out.mkdir()
-    playbook = tmp_path / "mixed.yml"
-    playbook.write_text(MIXED_PLAY.format(defaults=ROLE / "defaults" / "main.yml", vars=ROLE / "vars" / "main.yml",
-                                          role=ROLE, out=out))
-    settings = tmp_path / "settings.json"
-    settings.write_text(json.dumps({
+    out = render(tmp_path, ["docker-compose.yml", "regwarden-registry-gc.sh", "regwarden-registry-scan.service"], {
         "docker_registry_private_storage": "s3",
         "docker_registry_s3": SETTINGS["docker_registry_s3"],
         "docker_registry_caches": [{"name": "dockerhub", "remote_url": "https://registry-1.docker.io", "port": 5000}],
         "_docker_registry_compose_command": "docker compose",
-        "_docker_registry_config_stat": {"results": [
-            {"docker_registry_registry_name": name, "stat": {"checksum": "0" * 64}}
-            for name in ("private", "dockerhub")]},
-    }))
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
-    proc = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), str(playbook), "-i", "vm-a,",
-                           "-c", "local", "-e", "ansible_python_interpreter=%s" % sys.executable,
-                           "-e", "@%s" % settings], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          timeout=300, stdin=subprocess.DEVNULL, check=False)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    services = yaml.safe_load((out / "docker-compose.yml").read_text())["services"]
+        "_docker_registry_config_stat": config_checksums("private", "dockerhub"),
+    }, hosts="vm-a")
+    services = yaml.safe_load((out / "vm-a-docker-compose.yml").read_text())["services"]
     private, cache = services["registry-private"], services["registry-dockerhub"]
     assert "command" in private and not [v for v in private["volumes"] if "/opt/registry/data" in v]
     assert "command" not in cache and "/opt/registry/data/dockerhub:/var/lib/registry" in cache["volumes"]
-    gc = (out / "regwarden-registry-gc.sh").read_text()
+    gc = (out / "vm-a-regwarden-registry-gc.sh").read_text()
     assert 'S3_REGISTRIES=" private "' in gc and "REGISTRIES=(private dockerhub)" in gc
     assert "PRIVATE_ON_S3=1" in gc
-    scan = (out / "regwarden-registry-scan.service").read_text()
+    scan = (out / "vm-a-regwarden-registry-scan.service").read_text()
     assert "--path /opt/registry/data" in scan and "--s3-registries private" in scan
     assert "--expect-registries private,dockerhub" in scan
