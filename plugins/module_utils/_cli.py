@@ -17,15 +17,15 @@ all: the report and the metrics then say so). The units accept only 0 and 1 as s
 """
 
 import argparse
-import errno
 import json
 import os
 import re
 import stat
 import sys
-import tempfile
 import time
 import traceback
+
+from ansible_collections.regwarden.registry.plugins.module_utils._files import read_small, write_atomically
 
 EXIT_CLEAN = 0
 EXIT_FINDINGS = 1
@@ -346,23 +346,6 @@ def _capacity_lines(capacity):
     return lines
 
 
-def write_atomically(path, text, mode=0o644):
-    """Replace ``path`` with ``text``: a temp file in the same directory, then a rename (readers see
-    the old file or the new one, never a part)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".regwarden-", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _write_report(path, payload):
     if path:
         write_atomically(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
@@ -491,11 +474,32 @@ def render_maintenance_prom(states):
     return "\n".join(lines) + "\n"
 
 
+def _registry_name(name):
+    """A registry name as a state file's name: never a path, a dot file or an overlong name."""
+    if not name or "/" in name or name.startswith(".") or len(name) > 255:
+        raise CommandError("--registry must be a registry name, not %r" % name)
+    return name
+
+
+def _state_files(directory, suffix, limit):
+    """(name without ``suffix``, first ``limit`` bytes) of each regular file of ``directory`` ending in
+    ``suffix``, by name; dot files are skipped, and so is anything that is not a regular file (a FIFO
+    would block the timer) or cannot be read."""
+    found = []
+    for entry in sorted(os.listdir(directory)):
+        if entry.startswith(".") or not entry.endswith(suffix) or len(entry) == len(suffix):
+            continue
+        try:
+            data = read_small(os.path.join(directory, entry), limit)
+        except OSError:
+            continue
+        found.append((entry[:len(entry) - len(suffix)] if suffix else entry, data))
+    return found
+
+
 def command_maintenance(args):
     """Set one registry's maintenance flag and rewrite the textfile for every registry known."""
-    name = args.registry
-    if not name or "/" in name or name.startswith("."):
-        raise CommandError("--registry must be a registry name, not %r" % name)
+    name = _registry_name(args.registry)
     os.makedirs(args.state_dir, mode=0o755, exist_ok=True)
     flag = os.path.join(args.state_dir, name)
     if args.state == "on":
@@ -503,14 +507,8 @@ def command_maintenance(args):
     else:
         write_atomically(flag, "off\n")
     states = {}
-    for entry in sorted(os.listdir(args.state_dir)):
-        if entry.startswith("."):
-            continue
-        try:
-            with open(os.path.join(args.state_dir, entry)) as handle:
-                text = handle.read(64).strip()
-        except OSError:
-            continue
+    for entry, data in _state_files(args.state_dir, "", 64):
+        text = data.decode("ascii", "replace").strip()
         states[entry] = int(text) if text.isdigit() else None
     write_atomically(args.prom, render_maintenance_prom(states))
     return EXIT_CLEAN
@@ -568,9 +566,7 @@ def _number(value):
 
 def command_gc_record(args):
     """Record one registry's garbage collection (its output on stdin) and rewrite the textfile of all."""
-    name = args.registry
-    if not name or "/" in name or name.startswith(".") or len(name) > 255:
-        raise CommandError("--registry must be a registry name, not %r" % name)
+    name = _registry_name(args.registry)
     if args.duration < 0 or (args.bytes_freed is not None and args.bytes_freed < 0):
         raise CommandError("--duration and --bytes-freed cannot be negative")
     stdin = sys.stdin.buffer if sys.stdin is not None else None
@@ -582,16 +578,13 @@ def command_gc_record(args):
     os.makedirs(args.state_dir, mode=0o755, exist_ok=True)
     write_atomically(os.path.join(args.state_dir, name + ".json"), json.dumps(record, sort_keys=True) + "\n")
     states = {}
-    for entry in sorted(os.listdir(args.state_dir)):
-        if entry.startswith(".") or not entry.endswith(".json"):
-            continue
+    for entry, data in _state_files(args.state_dir, ".json", 4096):
         try:
-            with open(os.path.join(args.state_dir, entry)) as handle:
-                loaded = json.loads(handle.read(4096))
-        except (OSError, ValueError):
+            loaded = json.loads(data.decode("utf-8", "replace"))
+        except ValueError:
             continue  # a damaged record: that registry's metrics wait for its next run
         if isinstance(loaded, dict):
-            states[entry[:-len(".json")]] = {key: loaded.get(key) for key in _GC_FIELDS}
+            states[entry] = {key: loaded.get(key) for key in _GC_FIELDS}
     write_atomically(args.prom, render_gc_prom(states))
     _say(sys.stdout, json.dumps({"registry": name, **record}, sort_keys=True))
     return EXIT_CLEAN
@@ -600,13 +593,7 @@ def command_gc_record(args):
 def _read_secret(path, what):
     """The first line of a root-only file (a user name, a password), never blocking on a FIFO."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise OSError(errno.EINVAL, "not a regular file", path)
-            data = os.read(fd, 65536)
-        finally:
-            os.close(fd)
+        data = read_small(path, 65536)
     except OSError as exc:
         raise CommandError("cannot read the %s file %s: %s" % (what, path, exc.strerror or exc)) from None
     return data.decode("utf-8", "replace").splitlines()[0].strip() if data.strip() else ""

@@ -92,3 +92,37 @@ def test_a_damaged_record_of_another_registry_is_left_out(monkeypatch, tmp_path)
     (tmp_path / "state" / "ghcr.json").write_text("{not json")
     assert record(monkeypatch, tmp_path, "private", "1", 1, OUTPUT) == _cli.EXIT_CLEAN
     assert not [key for key in values(tmp_path) if "ghcr" in key]
+
+
+@pytest.mark.parametrize("command", ["gc-record", "maintenance"])
+def test_a_fifo_or_symlink_in_the_state_directory_is_skipped_not_waited_on(monkeypatch, tmp_path, command):
+    """A FIFO planted in the state directory once hung the record step (open() waits for a writer);
+    a symlink would have been followed. Both are passed over; the other registries' records stay."""
+    import os
+    import threading
+
+    state = tmp_path / "state"
+    state.mkdir()
+    os.mkfifo(state / ("planted.json" if command == "gc-record" else "planted"))
+    (tmp_path / "secret").write_text("0\n")
+    os.symlink(tmp_path / "secret", state / ("linked.json" if command == "gc-record" else "linked"))
+    if command == "gc-record":
+        def run():
+            return record(monkeypatch, tmp_path, "private", "1", 1, OUTPUT)
+    else:
+        def run():
+            return _cli.main(["maintenance", "--registry", "private", "--state", "on",
+                              "--state-dir", str(state), "--prom", str(tmp_path / "gc.prom")])
+    outcome = []
+    worker = threading.Thread(target=lambda: outcome.append(run()), daemon=True)
+    worker.start()
+    worker.join(20)
+    if worker.is_alive():
+        # Unblock the open() so the test process can end, then fail.
+        with open(state / ("planted.json" if command == "gc-record" else "planted"), "w"):
+            pass
+        pytest.fail("the command blocked on a FIFO in its state directory")
+    assert outcome == [_cli.EXIT_CLEAN]
+    text = (tmp_path / "gc.prom").read_text()
+    assert 'registry="private"' in text
+    assert "planted" not in text and "linked" not in text
