@@ -265,17 +265,27 @@ class _Capacity:
             return None
         return self.blobs.size(hex_digest)
 
-    def figures(self, now=None):
-        now = time.time() if now is None else now
+    def owners(self):
+        """{32-byte digest: how many repositories link it}."""
         owners = {}
         for linked in self.repos.values():
             for key in linked:
                 owners[key] = owners.get(key, 0) + 1
+        return owners
+
+    def sizes(self, keys):
+        """{32-byte digest: bytes of its data} for those of ``keys`` whose data is there."""
         sizes = {}
-        for key in owners:
+        for key in keys:
             size = self._size(key.hex())
             if size is not None:
                 sizes[key] = size
+        return sizes
+
+    def figures(self, now=None):
+        now = time.time() if now is None else now
+        owners = self.owners()
+        sizes = self.sizes(owners)
         repositories = {}
         for repo_name, linked in sorted(self.repos.items()):
             present = [key for key in linked if key in sizes]

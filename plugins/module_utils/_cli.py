@@ -10,6 +10,9 @@
     probe        registry_probe over HTTP(S); --prom textfile with the last success time
     maintenance  mark a registry stopped (or back) for maintenance; --prom textfile
     gc-record    record one registry's garbage-collect run (its output on stdin); --prom textfile
+    pull-record  fold nginx's log of manifest pulls into each registry's pull records
+    cache-evict  bring a pull-through cache under its size bound (stopped, before its GC)
+    remove-orphans  remove layer links whose blob data is gone (a cache, after its GC)
 
 Exit status: 0 clean / done, 1 findings present, 2 could not run or could not read everything
 (bad input, a registry missing or unreadable, unreachable, authentication failed, any error at
@@ -78,10 +81,15 @@ def parse_args(argv):
     cleanup.add_argument("--keep", type=int, default=10, help="tags to keep per repository, newest first")
     cleanup.add_argument("--pushed-within", type=int,
                          help="seconds: every tag pushed this recently is kept as well (retention by age)")
+    cleanup.add_argument("--pulled-within", type=int,
+                         help="seconds: every tag pulled this recently is kept as well (needs --pull-records)")
+    cleanup.add_argument("--keep-last-pulled", type=int,
+                         help="the most recently pulled tags kept as well, per repository (needs --pull-records)")
+    cleanup.add_argument("--pull-records", help="directory of the pull records (pull-record's --state-dir)")
     cleanup.add_argument("--include", help="regular expression of tags considered for removal")
     cleanup.add_argument("--exclude", help="regular expression of tags never removed")
-    cleanup.add_argument("--rules", help="JSON list of per-repository rules {repository, keep, pushed_within, include, "
-                                         "exclude}")
+    cleanup.add_argument("--rules", help="JSON list of per-repository rules {repository, keep, pushed_within, "
+                                         "pulled_within, keep_last_pulled, include, exclude}")
     cleanup.add_argument("--delete-untagged", action="store_true",
                          help="also unlink manifests no remaining tag reaches (never children of kept indexes)")
     cleanup.add_argument("--grace-period", type=int, default=3600,
@@ -103,6 +111,32 @@ def parse_args(argv):
     gc_record.add_argument("--state-dir", default="/var/lib/regwarden/gc",
                            help="one file per registry: the last run of each (kept across reboots)")
     gc_record.add_argument("--prom", required=True, help="write the Prometheus textfile here (atomically)")
+
+    evict = commands.add_parser("cache-evict", help="bring a pull-through cache under its size bound (before its GC)")
+    evict.add_argument("--path", default="/opt/registry/data")
+    _storage_arguments(evict)
+    evict.add_argument("--registry", required=True, help="the cache")
+    evict.add_argument("--max-size", required=True, type=int, help="bytes of blob data the cache may hold")
+    evict.add_argument("--pull-records", help="directory of the pull records (pull-record's --state-dir)")
+    evict.add_argument("--grace-period", type=int, default=3600,
+                       help="seconds: nothing used (pulled, written) this recently is evicted")
+    evict.add_argument("--report", help="write the JSON report here (atomically)")
+
+    orphans = commands.add_parser("remove-orphans",
+                                  help="remove layer links whose blob data is gone (after a cache's GC)")
+    orphans.add_argument("--path", default="/opt/registry/data")
+    _storage_arguments(orphans)
+    orphans.add_argument("--registries", required=True, help="comma-separated registries")
+    orphans.add_argument("--report", help="write the JSON report here (atomically)")
+
+    pulls = commands.add_parser("pull-record", help="fold nginx's manifest log into each registry's pull records")
+    pulls.add_argument("--registries", required=True, help="comma-separated registries")
+    pulls.add_argument("--log-dir", default="/var/log/regwarden/pulls", help="nginx's <registry>.log files")
+    pulls.add_argument("--state-dir", default="/var/lib/regwarden/pulls", help="one <registry>.json of records each")
+    pulls.add_argument("--max-entries", type=int, default=200000,
+                       help="last-pull times kept per registry (the oldest go first)")
+    pulls.add_argument("--rotate-bytes", type=int, default=64 * 1024 * 1024,
+                       help="a log read past this size is renamed to <registry>.log.1 (then reopen nginx's logs)")
 
     probe = commands.add_parser("probe", help="walk a registry over HTTP(S) the way a client pulls")
     probe.add_argument("--url", required=True)
@@ -399,31 +433,21 @@ def _now_text():
 def command_tag_cleanup(args):
     from ansible_collections.regwarden.registry.plugins.module_utils import _tag_cleanup
 
-    error = None
-    try:
-        rules = json.loads(args.rules) if args.rules else None
+    def run():
+        try:
+            rules = json.loads(args.rules) if args.rules else None
+        except ValueError as exc:
+            raise CommandError("--rules is not valid JSON: %s" % exc) from None
         if rules is not None and not isinstance(rules, list):
             raise CommandError("--rules must be a JSON list of objects")
-        result = _tag_cleanup.cleanup_tags(
+        return _tag_cleanup.cleanup_tags(
             storage_from_args(args), args.keep, include=args.include, exclude=args.exclude, rules=rules,
             registries=_names(args.registries), delete_untagged=args.delete_untagged,
-            grace_period=args.grace_period, allow_incomplete=True, pushed_within=args.pushed_within)
-        if result["scan_errors"] or result["incomplete_registries"]:
-            error = "could not read or change everything (%d scan errors); see scan_errors in the report" % len(
-                result["scan_errors"])
-    except ValueError as exc:
-        result, error = None, "--rules is not valid JSON: %s" % exc
-    except CommandError as exc:
-        result, error = None, str(exc)
-    except _scan_error_types() as exc:
-        result, error = None, str(exc)
-    _write_report(args.report, result if result is not None else {"error": error, "generated_at": _now_text()})
-    if error is not None:
-        _say(sys.stderr, "regwarden tag-cleanup: %s" % error)
-        return EXIT_ERROR
-    _say(sys.stdout, json.dumps({"summary": result["summary"], "restart_required": result["restart_required"]},
-                                sort_keys=True))
-    return EXIT_CLEAN
+            grace_period=args.grace_period, allow_incomplete=True, pushed_within=args.pushed_within,
+            pulled_within=args.pulled_within, keep_last_pulled=args.keep_last_pulled, pull_records=args.pull_records)
+
+    return _run_writer("tag-cleanup", args, run, lambda result: {
+        "summary": result["summary"], "restart_required": result["restart_required"]})
 
 
 def _previous_gauge(path, name):
@@ -590,6 +614,61 @@ def command_gc_record(args):
     return EXIT_CLEAN
 
 
+def _run_writer(command, args, run, summary):
+    """A command that changes storage: the report, one line of summary, exit 2 if anything was left unread."""
+    error = None
+    try:
+        result = run()
+        if result["scan_errors"] or result["incomplete_registries"]:
+            error = "could not read or change everything (%d scan errors); see scan_errors in the report" % len(
+                result["scan_errors"])
+    except (CommandError, *_scan_error_types()) as exc:
+        result, error = None, str(exc)
+    _write_report(args.report, result if result is not None else {"error": error, "generated_at": _now_text()})
+    if error is not None:
+        _say(sys.stderr, "regwarden %s: %s" % (command, error))
+        return EXIT_ERROR
+    _say(sys.stdout, json.dumps(summary(result), sort_keys=True))
+    return EXIT_CLEAN
+
+
+def command_cache_evict(args):
+    from ansible_collections.regwarden.registry.plugins.module_utils import _cache_eviction
+
+    name = _registry_name(args.registry)
+    return _run_writer("cache-evict", args, lambda: _cache_eviction.evict_cache(
+        storage_from_args(args), name, args.max_size, pull_records=args.pull_records,
+        grace_period=args.grace_period, allow_incomplete=True),
+        lambda result: dict(result["eviction"].get(name, {}), evicted_repositories=len(
+            result["eviction"].get(name, {}).get("evicted_repositories", [])),
+            removed_tags=len(result["removed_tags"])))
+
+
+def command_remove_orphans(args):
+    from ansible_collections.regwarden.registry.plugins.module_utils import _blob_scan
+
+    return _run_writer("remove-orphans", args, lambda: _blob_scan.scan_blobs(
+        storage_from_args(args), registries=_names(args.registries), remove_orphans=True, allow_incomplete=True),
+        lambda result: {"summary": result["summary"]})
+
+
+def command_pull_record(args):
+    """Fold each registry's new log lines; one JSON line per registry. Exit 2 if any could not be folded."""
+    from ansible_collections.regwarden.registry.plugins.module_utils import _pull_records
+
+    status = EXIT_CLEAN
+    for name in _names(args.registries) or []:
+        try:
+            done = _pull_records.fold(args.log_dir, args.state_dir, name, max_entries=args.max_entries,
+                                      rotate_bytes=args.rotate_bytes)
+        except _scan_error_types() as exc:
+            _say(sys.stderr, "regwarden pull-record: %s" % exc)
+            status = EXIT_ERROR
+            continue
+        _say(sys.stdout, json.dumps(done, sort_keys=True))
+    return status
+
+
 def _read_secret(path, what):
     """The first line of a root-only file (a user name, a password), never blocking on a FIFO."""
     try:
@@ -634,7 +713,9 @@ def command_probe(args):
 
 
 COMMANDS = {"scan": command_scan, "tag-cleanup": command_tag_cleanup, "probe": command_probe,
-            "maintenance": command_maintenance, "gc-record": command_gc_record}
+            "maintenance": command_maintenance, "gc-record": command_gc_record,
+            "pull-record": command_pull_record, "cache-evict": command_cache_evict,
+            "remove-orphans": command_remove_orphans}
 # What a command that died anyway still leaves behind: its report and, where it writes one, the
 # metrics, both saying it failed (the previous success time of the probe carried over).
 _FAILURE_PROM = {

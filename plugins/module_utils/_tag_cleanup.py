@@ -26,7 +26,7 @@ import os
 import re
 import time
 
-from ansible_collections.regwarden.registry.plugins.module_utils import _driver
+from ansible_collections.regwarden.registry.plugins.module_utils import _driver, _pull_records
 from ansible_collections.regwarden.registry.plugins.module_utils._manifest import InvalidManifest
 from ansible_collections.regwarden.registry.plugins.module_utils._repository import (
     ManifestCache,
@@ -47,22 +47,32 @@ DEFAULT_GRACE_PERIOD = 3600
 
 
 class Policy:
-    """keep / pushed_within / include / exclude for the repositories a rule matches (regexes match
-    whole names). A tag stays when it is among the newest ``keep`` or was pushed within
-    ``pushed_within`` seconds (None: no age rule)."""
+    """keep / pushed_within / pulled_within / keep_last_pulled / include / exclude for the repositories a rule
+    matches (regexes match whole names). A tag stays when any rule keeps it: among the newest ``keep``,
+    pushed within ``pushed_within`` seconds, pulled within ``pulled_within`` seconds, or among the
+    ``keep_last_pulled`` most recently pulled (None: that rule is off)."""
 
-    def __init__(self, keep, include=None, exclude=None, repository=None, pushed_within=None):
+    def __init__(self, keep, include=None, exclude=None, repository=None, pushed_within=None, pulled_within=None,
+                 keep_last_pulled=None):
         if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
             raise ScanError("keep must be a whole number of at least 1 (got %r); to remove every tag of a "
                             "repository delete the repository instead" % (keep,))
-        if pushed_within is not None and (not isinstance(pushed_within, int) or isinstance(pushed_within, bool)
-                                          or pushed_within < 0):
-            raise ScanError("pushed_within must be a whole number of seconds, 0 or more (got %r)" % (pushed_within,))
+        for what, value in (("pushed_within", pushed_within), ("pulled_within", pulled_within),
+                            ("keep_last_pulled", keep_last_pulled)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise ScanError("%s must be a whole number%s, 0 or more (got %r)" % (
+                    what, "" if what == "keep_last_pulled" else " of seconds", value))
         self.keep = keep
         self.pushed_within = pushed_within
+        self.pulled_within = pulled_within
+        self.keep_last_pulled = keep_last_pulled
         self.include = _compile(include, "include")
         self.exclude = _compile(exclude, "exclude")
         self.repository = _compile(repository, "repository")
+
+    @property
+    def uses_pulls(self):
+        return self.pulled_within is not None or self.keep_last_pulled is not None
 
     def applies(self, tag):
         if self.include is not None and not self.include.fullmatch(tag):
@@ -79,20 +89,27 @@ def _compile(pattern, what):
         raise ScanError("%s is not a valid regular expression (%r): %s" % (what, pattern, exc)) from None
 
 
-def build_policies(keep, include=None, exclude=None, rules=None, pushed_within=None):
+RULE_KEYS = ("repository", "keep", "include", "exclude", "pushed_within", "pulled_within", "keep_last_pulled")
+
+
+def build_policies(keep, include=None, exclude=None, rules=None, pushed_within=None, pulled_within=None,
+                   keep_last_pulled=None):
     """The default policy plus per-repository rules (first matching rule wins)."""
-    default = Policy(keep, include, exclude, pushed_within=pushed_within)
+    default = Policy(keep, include, exclude, pushed_within=pushed_within, pulled_within=pulled_within,
+                     keep_last_pulled=keep_last_pulled)
     policies = []
     for position, rule in enumerate(rules or []):
         if not isinstance(rule, dict) or not rule.get("repository"):
             raise ScanError("rules[%d] needs a 'repository' regular expression" % position)
-        unknown = set(rule) - {"repository", "keep", "include", "exclude", "pushed_within"}
+        unknown = set(rule) - set(RULE_KEYS)
         if unknown:
             raise ScanError("rules[%d] has unknown keys: %s" % (position, ", ".join(sorted(unknown))))
         try:
             policies.append(Policy(rule.get("keep", keep), rule.get("include", include),
                                    rule.get("exclude", exclude), rule["repository"],
-                                   rule.get("pushed_within", pushed_within)))
+                                   rule.get("pushed_within", pushed_within),
+                                   rule.get("pulled_within", pulled_within),
+                                   rule.get("keep_last_pulled", keep_last_pulled)))
         except ScanError as exc:
             raise ScanError("rules[%d]: %s" % (position, exc)) from None
     return default, policies
@@ -115,6 +132,7 @@ def new_result():
         "incomplete_registries": [],
         "summary": {},
         "registries": [],
+        "pull_records": {},
     }
 
 
@@ -132,15 +150,23 @@ def finish_result(result, mode):
 
 def cleanup_tags(storage, keep, include=None, exclude=None, rules=None, registries=DEFAULT_REGISTRIES,
                  delete_untagged=False, check_mode=False, grace_period=DEFAULT_GRACE_PERIOD, processes=None,
-                 allow_incomplete=False, max_findings=_driver.DEFAULT_MAX_FINDINGS, now=None, pushed_within=None):
+                 allow_incomplete=False, max_findings=_driver.DEFAULT_MAX_FINDINGS, now=None, pushed_within=None,
+                 pulled_within=None, keep_last_pulled=None, pull_records=None):
     """Clean up tags in the registries of ``storage`` (a filesystem path or a backend); see the
     registry_tag_cleanup module.
 
     ``grace_period``: seconds before the start of the run (``now``, default the clock) within
     which a tag, revision or layer link written is never removed. ``pushed_within``: seconds
-    within which a tag pushed is kept besides the newest ``keep`` (None: no age rule).
+    within which a tag pushed is kept besides the newest ``keep`` (None: no age rule); ``pulled_within``
+    and ``keep_last_pulled`` the same by last pull, from the pull records under ``pull_records`` (a
+    directory of _pull_records state files).
     """
-    default, policies = build_policies(keep, include, exclude, rules, pushed_within)
+    default, policies = build_policies(keep, include, exclude, rules, pushed_within, pulled_within,
+                                       keep_last_pulled)
+    uses_pulls = any(policy.uses_pulls for policy in [default, *policies])
+    if uses_pulls and not pull_records:
+        raise ScanError("pulled_within and keep_last_pulled need pull_records (the directory of the pull records "
+                        "the role's nginx log is folded into)")
     if not isinstance(grace_period, int) or isinstance(grace_period, bool) or grace_period < 0:
         raise ScanError("grace_period must be a whole number of seconds, 0 or more (got %r)" % (grace_period,))
     now = time.time() if now is None else now
@@ -150,14 +176,24 @@ def cleanup_tags(storage, keep, include=None, exclude=None, rules=None, registri
 
     def work(name, location, _active):
         result = new_result()
+        # Before the lock: records that cannot be read fail this registry with their path, nothing changed.
+        records = _pull_records.load(pull_records, name) if uses_pulls else None
+        if records is not None:
+            result["pull_records"][name] = {"complete_since": _iso(records.complete_since),
+                                            "entries": records.entries()}
         with _driver.registry_writer(mode, storage, name, location, cutoff) as writer:
             walk_registry(storage, name, location, lambda blobs, errors: [
-                TagCleaner(name, blobs, errors, result, writer, default, policies, delete_untagged, cutoff, now)])
+                TagCleaner(name, blobs, errors, result, writer, default, policies, delete_untagged, cutoff, now,
+                           records)])
         return [result]
 
     analysis = _driver.Analysis("tag_cleanup", new_result, lambda result: finish_result(result, mode))
     return _driver.run_analyses(storage, [(analysis, registries)], work, processes, allow_incomplete,
                                 max_findings)[0]
+
+
+def _iso(seconds):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 class _Skip(Exception):
@@ -167,8 +203,10 @@ class _Skip(Exception):
 class TagCleaner:
     """The tag cleanup of one registry, fed one repository at a time by the shared walk."""
 
-    def __init__(self, name, blobs, errors, result, writer, default, policies, delete_untagged, cutoff, now=None):
+    def __init__(self, name, blobs, errors, result, writer, default, policies, delete_untagged, cutoff, now=None,
+                 records=None):
         self.name = name
+        self.records = records
         self.now = time.time() if now is None else now
         self.errors = errors
         self.result = result
@@ -180,6 +218,9 @@ class TagCleaner:
         self.cache = ManifestCache(blobs)
         self.counts = {"repositories": 0, "tags": 0, "kept_tags": 0, "removed_tags": 0, "removed_revisions": 0,
                        "removed_layer_links": 0}
+        if records is not None:
+            # Tags the pulled_within rule kept because the records do not reach back over its window.
+            self.counts["kept_for_want_of_records"] = 0
 
     def finish(self):
         record_registry(self.result, self.name, self.counts, self.errors)
@@ -201,13 +242,18 @@ class TagCleaner:
         if plan is not None:
             self._remove_untagged(repo_name, repo, *plan)
 
-    def _doomed_tags(self, repo, tags, policy):
+    @staticmethod
+    def _check_tags(repo, tags):
+        """_Skip unless every tag of the repository can be read."""
         if repo.tags_unreadable:
             raise _Skip("the tags directory could not be read")
         unreadable = sorted(tag for tag, link in tags.items() if link.state != LINK_OK)
         if unreadable:
             # Such a tag may protect manifests we cannot see: never guess.
             raise _Skip("tags with an unreadable current link: %s" % ", ".join(unreadable))
+
+    def _doomed_tags(self, repo, tags, policy):
+        self._check_tags(repo, tags)
         candidates = sorted(
             (tag for tag, link in tags.items() if policy.applies(tag)),
             key=lambda tag: (tags[tag].updated, tag),
@@ -215,8 +261,39 @@ class TagCleaner:
         )
         # Pushed within the age rule: kept too (the union with the newest ``keep``).
         recent_enough = self.now - policy.pushed_within if policy.pushed_within is not None else None
-        return sorted(tag for tag in candidates[policy.keep:] if tags[tag].updated <= self.cutoff
-                      and (recent_enough is None or tags[tag].updated < recent_enough))
+        doomed = [tag for tag in candidates[policy.keep:] if tags[tag].updated <= self.cutoff
+                  and (recent_enough is None or tags[tag].updated < recent_enough)]
+        if doomed and policy.uses_pulls:
+            doomed = self._not_pulled(repo, tags, candidates, doomed, policy)
+        return sorted(doomed)
+
+    def _last_pull(self, repo, tag, link):
+        """The last pull of a tag: by its name, by its manifest's digest or by the digest of any manifest
+        its index reaches (a client pulling one platform asks for that child by digest)."""
+        records = self.records
+        times = [records.tag_pulled(repo.name, tag)]
+        reached = self._reachable(repo, {link.target}, "of a tag whose pulls are counted")
+        times.extend(records.digest_pulled(repo.name, hex_digest) for hex_digest in reached)
+        times = [when for when in times if when is not None]
+        return max(times) if times else None
+
+    def _not_pulled(self, repo, tags, candidates, doomed, policy):
+        """``doomed`` without the tags kept by the pull rules."""
+        last_pull = {tag: self._last_pull(repo, tag, tags[tag]) for tag in candidates}
+        kept = set()
+        if policy.keep_last_pulled:
+            pulled = sorted((tag for tag in candidates if last_pull[tag] is not None),
+                            key=lambda tag: (last_pull[tag], tag), reverse=True)
+            kept.update(pulled[:policy.keep_last_pulled])
+        if policy.pulled_within is not None:
+            window_start = self.now - policy.pulled_within
+            kept.update(tag for tag in candidates if last_pull[tag] is not None and last_pull[tag] >= window_start)
+            if self.records.complete_since > window_start:
+                # The records do not reach back over the whole window: a tag without a record in it may
+                # have been pulled before they began. Nothing is removed for want of a pull.
+                self.counts["kept_for_want_of_records"] += sum(1 for tag in doomed if tag not in kept)
+                return []
+        return [tag for tag in doomed if tag not in kept]
 
     def _reachable(self, repo, roots, why):
         """Manifests reached from ``roots`` (index children at any depth); _Skip when one cannot be read.

@@ -28,10 +28,15 @@ def main():
             repository=dict(type="str", required=True),
             keep=dict(type="int"),
             pushed_within=dict(type="int"),
+            pulled_within=dict(type="int"),
+            keep_last_pulled=dict(type="int"),
             include=dict(type="str"),
             exclude=dict(type="str"),
         )),
         pushed_within=dict(type="int"),
+        pulled_within=dict(type="int"),
+        keep_last_pulled=dict(type="int"),
+        pull_records=dict(type="path"),
         delete_untagged=dict(type="bool", default=False),
         grace_period=dict(type="int", default=DEFAULT_GRACE_PERIOD),
     )
@@ -43,7 +48,9 @@ def main():
         lambda: cleanup_tags(common.storage_of(params), params["keep"], include=params["include"],
                              exclude=params["exclude"], rules=rules, registries=params["registries"],
                              delete_untagged=params["delete_untagged"], grace_period=params["grace_period"],
-                             pushed_within=params["pushed_within"], **common.scan_options(module)),
+                             pushed_within=params["pushed_within"], pulled_within=params["pulled_within"],
+                             keep_last_pulled=params["keep_last_pulled"], pull_records=params["pull_records"],
+                             **common.scan_options(module)),
         diff=_diff)
 
 

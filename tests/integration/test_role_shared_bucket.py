@@ -9,13 +9,11 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 from ansible_collections.regwarden.registry.plugins.module_utils._s3_view import S3Storage
-from tests.support.ansible_run import REPO_ROOT
+from tests.support.role_run import render as _render
 
-ROLE = REPO_ROOT / "roles" / "docker_registry"
 # Extra vars: above the role files the play loads as vars_files.
 SETTINGS = {
     "docker_registry_storage": "s3",
@@ -24,45 +22,10 @@ SETTINGS = {
     "docker_registry_tag_cleanup_enabled": True,
     "_docker_registry_compose_command": "docker compose",
 }
-PLAY = """
-- hosts: all
-  gather_facts: false
-  vars_files:
-    - {defaults}
-    - {vars}
-  tasks:
-    - name: Render the role's templates
-      ansible.builtin.template:
-        src: "{role}/templates/{{{{ item }}}}.j2"
-        dest: "{out}/{{{{ inventory_hostname }}}}-{{{{ item }}}}"
-        mode: "0755"
-      loop: {templates}
-    - name: The maintenance units as the role computes them
-      ansible.builtin.copy:
-        content: "{{{{ _docker_registry_maintenance_units | to_json }}}}"
-        dest: "{out}/{{{{ inventory_hostname }}}}-units.json"
-        mode: "0644"
-"""
 
 
-def render(tmp_path: Path, templates, settings=None, hosts="vm-a,vm-b") -> Path:
-    """The role's ``templates`` rendered by Ansible (from the role's defaults and vars, ``settings`` as
-    extra vars) for each of ``hosts``, as <out>/<host>-<template>, and each host's maintenance units."""
-    out = tmp_path / "out"
-    out.mkdir()
-    playbook = tmp_path / "render.yml"
-    playbook.write_text(PLAY.format(defaults=ROLE / "defaults" / "main.yml", vars=ROLE / "vars" / "main.yml",
-                                    role=ROLE, out=out, templates=json.dumps(list(templates))))
-    extra = tmp_path / "settings.json"
-    extra.write_text(json.dumps(SETTINGS if settings is None else settings))
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
-    proc = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), str(playbook),
-                           "-i", hosts + ("," if "," not in hosts else ""), "-c", "local",
-                           "-e", "ansible_python_interpreter=%s" % sys.executable, "-e", "@%s" % extra],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
-                          stdin=subprocess.DEVNULL, check=False)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out
+def render(tmp_path, templates, settings=None, hosts="vm-a,vm-b"):
+    return _render(tmp_path, templates, SETTINGS if settings is None else settings, hosts)
 
 
 def config_checksums(*names):

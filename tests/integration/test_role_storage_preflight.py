@@ -4,15 +4,9 @@ and that the S3 secret key is in no output at any verbosity."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-from tests.support.ansible_run import REPO_ROOT
+from tests.support.role_run import preflight_cases
 
 SECRET = "preflight-secret-key-must-never-print-0123"
 VALID_S3 = {
@@ -30,36 +24,8 @@ BASE_VARS = {
 }
 
 
-def run_preflight(tmp_path: Path, extra: dict, verbosity: str = "") -> subprocess.CompletedProcess:
-    playbook = tmp_path / "preflight.yml"
-    playbook.write_text("- hosts: all\n  gather_facts: true\n"
-                        "  roles:\n    - role: regwarden.registry.docker_registry\n")
-    variables = tmp_path / "vars.json"
-    variables.write_text(json.dumps({**BASE_VARS, **extra}))
-    command = [str(Path(sys.executable).parent / "ansible-playbook"), str(playbook), "-i", "localhost,",
-               "-c", "local", "-e", "ansible_python_interpreter=%s" % sys.executable, "-e", "@%s" % variables,
-               "--tags", "docker_registry_preflight"]
-    if verbosity:
-        command.append(verbosity)
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-               ANSIBLE_DEPRECATION_WARNINGS="0")
-    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
-                          stdin=subprocess.DEVNULL, check=False)
-
-
-def output(proc):
-    return proc.stdout + proc.stderr
-
-
-def test_a_complete_s3_setting_with_replicas_passes_and_never_prints_the_secret(tmp_path):
-    proc = run_preflight(tmp_path, {"docker_registry_storage": "s3", "docker_registry_s3": VALID_S3,
-                                    "docker_registry_private_replicas": 3}, "-vvv")
-    assert proc.returncode == 0, output(proc)[-3000:]
-    assert "Preflight | S3 settings are complete" in proc.stdout
-    assert SECRET not in output(proc)
-
-
-@pytest.mark.parametrize("extra, words", [
+# Each refusal: (variables, the words of its message).
+REFUSALS = [
     ({"docker_registry_private_replicas": 2}, "more than 1 needs the private registry on shared"),
     ({"docker_registry_storage": "s3", "docker_registry_s3": VALID_S3, "docker_registry_private_replicas": 0},
      "a whole number from 1 to 16"),
@@ -79,22 +45,44 @@ def test_a_complete_s3_setting_with_replicas_passes_and_never_prints_the_secret(
       "docker_registry_private_replicas": 2}, "more than 1 needs the private registry on shared"),
     ({"docker_registry_storage": "s3", "docker_registry_s3": VALID_S3,
       "docker_registry_maintenance_leader": "elsewhere"}, "is not a host of this play"),
-])
-def test_preflight_refuses_with_a_clear_message_and_no_secret(tmp_path, extra, words):
-    proc = run_preflight(tmp_path, extra, "-vvv")
-    assert proc.returncode != 0, output(proc)[-3000:]
-    text = " ".join(output(proc).split())
-    assert words in text, text[-3000:]
-    assert SECRET not in output(proc)
+]
+PASSING = {
+    "s3-with-replicas": {"docker_registry_storage": "s3", "docker_registry_s3": VALID_S3,
+                         "docker_registry_private_replicas": 3},
+    "private-alone-on-s3": {"docker_registry_private_storage": "s3", "docker_registry_s3": VALID_S3,
+                            "docker_registry_private_replicas": 2},
+}
+UNKNOWN_STORAGE = {"docker_registry_storage": "nfs"}
 
 
-def test_the_private_registry_alone_on_s3_with_replicas_passes(tmp_path):
-    proc = run_preflight(tmp_path, {"docker_registry_private_storage": "s3", "docker_registry_s3": VALID_S3,
-                                    "docker_registry_private_replicas": 2})
-    assert proc.returncode == 0, output(proc)[-3000:]
+@pytest.fixture(scope="module")
+def preflight(tmp_path_factory):
+    """Every case in one preflight run at -vvv (one inventory host each): {case: failure text or None}, output."""
+    cases = {"refusal-%d" % position: extra for position, (extra, _words) in enumerate(REFUSALS)}
+    cases.update(PASSING)
+    cases["unknown-storage"] = UNKNOWN_STORAGE
+    return preflight_cases(tmp_path_factory.mktemp("preflight"),
+                           {name: {**BASE_VARS, **extra} for name, extra in cases.items()}, "-vvv")
 
 
-def test_an_unknown_storage_is_refused_by_the_argument_spec(tmp_path):
-    proc = run_preflight(tmp_path, {"docker_registry_storage": "nfs"})
-    assert proc.returncode != 0
-    assert "docker_registry_storage" in output(proc) and "nfs" in output(proc)
+@pytest.mark.parametrize("case", sorted(PASSING))
+def test_valid_s3_settings_pass_and_never_print_the_secret(preflight, case):
+    results, text = preflight
+    assert results[case] is None, results[case]
+    assert "Preflight | S3 settings are complete" in text
+    assert SECRET not in text
+
+
+@pytest.mark.parametrize("position", range(len(REFUSALS)), ids=[words for _extra, words in REFUSALS])
+def test_preflight_refuses_with_a_clear_message_and_no_secret(preflight, position):
+    results, text = preflight
+    failure = results["refusal-%d" % position]
+    assert failure is not None, "case %d passed preflight" % position
+    assert REFUSALS[position][1] in failure, failure[-3000:]
+    assert SECRET not in text
+
+
+def test_an_unknown_storage_is_refused_by_the_argument_spec(preflight):
+    results, _text = preflight
+    assert results["unknown-storage"] is not None
+    assert "docker_registry_storage" in results["unknown-storage"] and "nfs" in results["unknown-storage"]

@@ -201,3 +201,91 @@ def test_pushed_within_zero_is_keep_alone_and_bad_values_are_errors(private, sto
             cleanup_tags(str(storage), keep=1, pushed_within=bad)
     with pytest.raises(ScanError, match=r"rules\[0\]: pushed_within"):
         cleanup_tags(str(storage), keep=1, rules=[{"repository": "app", "pushed_within": -5}])
+
+
+def write_pulls(tmp_path, registry, pulls, now):
+    """Pull records as the role makes them: nginx's log lines, folded. ``pulls``: [(uri path, time)]."""
+    from ansible_collections.regwarden.registry.plugins.module_utils import _pull_records
+
+    logs = tmp_path / "pull-logs"
+    logs.mkdir(exist_ok=True)
+    with open(logs / (registry + ".log"), "a") as handle:
+        for uri, when in pulls:
+            handle.write(json.dumps({"t": "%.3f" % when, "m": "GET", "s": "200", "u": uri}) + "\n")
+    state = tmp_path / "pull-state"
+    _pull_records.fold(str(logs), str(state), registry, now=now)
+    return str(state)
+
+
+def test_pulled_within_keeps_what_was_pulled_by_tag_or_by_a_childs_digest(private, storage, tmp_path):
+    now = 1_800_000_000
+    day = 86400
+    indexes = {}
+    for offset, tag in enumerate(["by-tag", "by-child", "by-index-digest", "stale", "never", "newest"]):
+        indexes[tag] = private.push_multiarch("app", "pull-" + tag, tags=[tag])
+        os.utime(private.tag_link_path("app", tag), (now - 90 * day + offset, now - 90 * day + offset))
+    arm_child = indexes["by-child"][1][1]
+    records = write_pulls(tmp_path, "private", [
+        ("/v2/app/manifests/by-tag", now - 2 * day),
+        ("/v2/app/manifests/sha256:" + arm_child, now - 3 * day),  # one platform, by digest
+        ("/v2/app/manifests/sha256:" + indexes["by-index-digest"][0], now - 4 * day),
+        ("/v2/app/manifests/stale", now - 45 * day),
+    ], now=now - 60 * day)  # recording began 60 days ago
+    checked = cleanup_tags(str(storage), keep=1, pulled_within=30 * day, pull_records=records, grace_period=0,
+                           now=now, delete_untagged=True, check_mode=True)
+    assert sorted(f["tag"] for f in checked["removed_tags"]) == ["never", "stale"]
+    assert remaining_tags(private, "app") == sorted(indexes)
+    result = cleanup_tags(str(storage), keep=1, pulled_within=30 * day, pull_records=records, grace_period=0,
+                          now=now, delete_untagged=True)
+    assert remaining_tags(private, "app") == ["by-child", "by-index-digest", "by-tag", "newest"]
+    assert result["pull_records"]["private"]["complete_since"] == "2026-11-16T08:00:00Z"
+    # The index kept by one child's pull keeps both platforms.
+    assert count_findings(audit_indexes(str(storage))) == 0
+    for child in indexes["by-child"][1]:
+        assert private.revision_link_path("app", child).is_file()
+
+
+def test_pulled_within_removes_nothing_for_want_of_a_record_older_than_the_records(private, storage, tmp_path):
+    now = 1_800_000_000
+    day = 86400
+    for offset, tag in enumerate(["a", "b", "c"]):
+        private.push_image("app", "young-records-" + tag, tags=[tag])
+        os.utime(private.tag_link_path("app", tag), (now - 90 * day + offset, now - 90 * day + offset))
+    records = write_pulls(tmp_path, "private", [("/v2/app/manifests/a", now - day)], now=now - 5 * day)
+    result = cleanup_tags(str(storage), keep=1, pulled_within=30 * day, pull_records=records, grace_period=0, now=now)
+    # Recording began 5 days ago: b was maybe pulled 10 days ago. Nothing goes.
+    assert remaining_tags(private, "app") == ["a", "b", "c"]
+    assert result["summary"]["private"]["kept_for_want_of_records"] == 1
+    # The 7-day window is covered: b has no pull in it and goes.
+    cleanup_tags(str(storage), keep=1, pulled_within=2 * day, pull_records=records, grace_period=0, now=now)
+    assert remaining_tags(private, "app") == ["a", "c"]
+
+
+def test_keep_last_pulled_keeps_the_most_recently_pulled_in_a_rule(private, storage, tmp_path):
+    now = 1_800_000_000
+    for offset, tag in enumerate(["1", "2", "3", "4", "5"]):
+        private.push_image("team/app", "klp-" + tag, tags=[tag])
+        os.utime(private.tag_link_path("team/app", tag), (now - 1000 + offset, now - 1000 + offset))
+        private.push_image("other", "klp-other-" + tag, tags=[tag])
+    records = write_pulls(tmp_path, "private", [
+        ("/v2/team/app/manifests/2", now - 10), ("/v2/team/app/manifests/1", now - 20),
+        ("/v2/team/app/manifests/3", now - 30)], now=now - 100)
+    cleanup_tags(str(storage), keep=1, pull_records=records, grace_period=0, now=now,
+                 rules=[{"repository": "team/.*", "keep_last_pulled": 2}])
+    # Newest push (5) and the two last pulled (2, 1); 3 was pulled, but earlier.
+    assert remaining_tags(private, "team/app") == ["1", "2", "5"]
+    # "other" has no pull rule: keep 1 alone.
+    assert len(remaining_tags(private, "other")) == 1
+
+
+def test_pull_rules_need_readable_records(private, storage, tmp_path):
+    private.push_image("app", "norec", tags=["1"])
+    with pytest.raises(ScanError, match="pulled_within and keep_last_pulled need pull_records"):
+        cleanup_tags(str(storage), keep=1, pulled_within=10)
+    with pytest.raises(ScanError, match="keep_last_pulled must be a whole number, 0 or more"):
+        cleanup_tags(str(storage), keep=1, keep_last_pulled=-1, pull_records=str(tmp_path))
+    result = cleanup_tags(str(storage), keep=1, pulled_within=10, pull_records=str(tmp_path / "none"),
+                          allow_incomplete=True)
+    assert result["incomplete_registries"] == ["private"]
+    assert "no pull records for registry private" in result["scan_errors"][0]["error"]
+    assert result["removed_tags"] == []

@@ -18,14 +18,6 @@ PROBE_PASSWORD = "/etc/regwarden/probe.password"
 RULES_FILE = "regwarden-registry.rules.yml"
 
 
-def unit_property(vm, unit, name):
-    return vm.check("systemctl show --property %s --value %s", name, unit).strip()
-
-
-def start_and_wait(vm, unit, timeout=600):
-    """`systemctl start` of a oneshot unit returns when it finished."""
-    result = vm.run("timeout %s systemctl start %s", timeout, unit)
-    return result, unit_property(vm, unit, "Result")
 
 
 def test_timers_carry_the_configured_schedules(vm, scenario):
@@ -34,19 +26,19 @@ def test_timers_carry_the_configured_schedules(vm, scenario):
     for unit, schedule in schedules.items():
         timer = vm.host.service(unit + ".timer")
         assert timer.is_enabled and timer.is_running, unit
-        assert "OnCalendar=%s" % schedule in unit_property(vm, unit + ".timer", "TimersCalendar")
-        assert unit_property(vm, unit + ".timer", "Unit") == unit + ".service"
+        assert "OnCalendar=%s" % schedule in vm.unit_property(unit + ".timer", "TimersCalendar")
+        assert vm.unit_property(unit + ".timer", "Unit") == unit + ".service"
 
 
 def test_a_scan_always_follows_a_gc_and_gc_follows_tag_cleanup(vm):
     gc = GC_UNIT + ".service"
     scan = SCAN_UNIT + ".service"
-    assert scan in unit_property(vm, gc, "Wants").split()
-    assert scan in unit_property(vm, gc, "Before").split()
-    assert gc in unit_property(vm, scan, "After").split()
+    assert scan in vm.unit_property(gc, "Wants").split()
+    assert scan in vm.unit_property(gc, "Before").split()
+    assert gc in vm.unit_property(scan, "After").split()
     # The slot the tag-cleanup step plugs into: GC is ordered after it.
-    assert "regwarden-registry-tag-cleanup.service" in unit_property(vm, gc, "After").split()
-    assert "regwarden-registry.service" in unit_property(vm, gc, "Requires").split()
+    assert "regwarden-registry-tag-cleanup.service" in vm.unit_property(gc, "After").split()
+    assert "regwarden-registry.service" in vm.unit_property(gc, "Requires").split()
 
 
 def prom_values(text):
@@ -56,9 +48,9 @@ def prom_values(text):
 
 def test_tag_cleanup_runs_first_when_enabled(vm):
     gc = GC_UNIT + ".service"
-    assert CLEANUP_UNIT in unit_property(vm, gc, "Wants").split()
-    assert gc in unit_property(vm, CLEANUP_UNIT, "Wants").split()
-    assert gc in unit_property(vm, CLEANUP_UNIT, "Before").split()
+    assert CLEANUP_UNIT in vm.unit_property(gc, "Wants").split()
+    assert gc in vm.unit_property(CLEANUP_UNIT, "Wants").split()
+    assert gc in vm.unit_property(CLEANUP_UNIT, "Before").split()
     script = vm.check("cat /usr/local/sbin/regwarden-registry-tag-cleanup")
     commands = [line for line in script.splitlines() if not line.lstrip().startswith("#")]
     assert commands and not any("rmtree" in line or "rm " in line for line in commands)
@@ -72,7 +64,7 @@ def test_htpasswd_hashes_use_the_configured_bcrypt_cost(vm, scenario):
 
 
 def test_gc_command_never_deletes_untagged(vm):
-    assert "path=%s " % GC_SCRIPT in unit_property(vm, GC_UNIT + ".service", "ExecStart")
+    assert "path=%s " % GC_SCRIPT in vm.unit_property(GC_UNIT + ".service", "ExecStart")
     script = vm.check("cat %s", GC_SCRIPT)
     commands = [line for line in script.splitlines() if "garbage-collect" in line and not line.lstrip().startswith("#")]
     assert commands, "no garbage-collect invocation in the GC script"
@@ -96,7 +88,7 @@ def test_gc_restarts_each_registry_keeps_index_children_and_triggers_the_scan(vm
     time.sleep(1)  # the report's generated_at has one-second resolution
     report_before = vm.check("sh -c %s", "stat -c %%Y %s 2>/dev/null || echo 0" % REPORT).strip()
 
-    result, outcome = start_and_wait(vm, GC_UNIT + ".service")
+    result, outcome = vm.start_and_wait(GC_UNIT + ".service")
     log = vm.check("journalctl --no-pager -o cat -u %s --since %s", GC_UNIT + ".service", since)
     assert result.rc == 0 and outcome == "success", log
 
@@ -146,21 +138,21 @@ def test_tag_cleanup_then_gc_then_scan_keeps_the_newest_multiarch_tag_whole(vm, 
     time.sleep(1)
 
     # The GC timer's unit pulls the cleanup in first; the scan follows the GC.
-    result, outcome = start_and_wait(vm, GC_UNIT + ".service")
+    result, outcome = vm.start_and_wait(GC_UNIT + ".service")
     journal = "journalctl --no-pager -o short-iso-precise -u %s -u %s -u %s --since %s"
     log = vm.check(journal, CLEANUP_UNIT, GC_UNIT + ".service", SCAN_UNIT + ".service", since)
     assert result.rc == 0 and outcome == "success", log
-    assert unit_property(vm, CLEANUP_UNIT, "Result") == "success", log
+    assert vm.unit_property(CLEANUP_UNIT, "Result") == "success", log
 
     # Order: cleanup finished before GC started, GC finished before the scan (queued by GC) started.
     def timestamp(unit, name):
-        return int(unit_property(vm, unit, name + "TimestampMonotonic") or 0)
+        return int(vm.unit_property(unit, name + "TimestampMonotonic") or 0)
     gc = GC_UNIT + ".service"
     scan_unit = SCAN_UNIT + ".service"
     assert 0 < timestamp(CLEANUP_UNIT, "InactiveEnter") <= timestamp(gc, "ExecMainStart")
     vm.wait_until("the scan GC queued", lambda: timestamp(scan_unit, "ExecMainStart") >= timestamp(gc, "InactiveEnter")
-                  and unit_property(vm, scan_unit, "ActiveState") in ("inactive", "failed"), timeout=300)
-    assert unit_property(vm, scan_unit, "Result") == "success"
+                  and vm.unit_property(scan_unit, "ActiveState") in ("inactive", "failed"), timeout=300)
+    assert vm.unit_property(scan_unit, "Result") == "success"
 
     report = json.loads(vm.check("cat %s", CLEANUP_REPORT))
     assert report["summary"], report
@@ -189,14 +181,14 @@ def test_tag_cleanup_then_gc_then_scan_keeps_the_newest_multiarch_tag_whole(vm, 
 def test_probe_timer_and_service_write_the_probe_metrics(vm, scenario):
     timer = vm.host.service(PROBE_UNIT + ".timer")
     assert timer.is_enabled and timer.is_running
-    calendar = unit_property(vm, PROBE_UNIT + ".timer", "TimersCalendar")
+    calendar = vm.unit_property(PROBE_UNIT + ".timer", "TimersCalendar")
     assert "OnCalendar=*-*-* *:00/15:00" in calendar, calendar
     password = vm.host.file(PROBE_PASSWORD)
     assert password.mode == 0o600 and password.user == "root"
-    assert scenario.password not in unit_property(vm, PROBE_UNIT + ".service", "ExecStart")
+    assert scenario.password not in vm.unit_property(PROBE_UNIT + ".service", "ExecStart")
 
     started = int(vm.check("date +%s"))
-    result, outcome = start_and_wait(vm, PROBE_UNIT + ".service")
+    result, outcome = vm.start_and_wait(PROBE_UNIT + ".service")
     assert result.rc == 0 and outcome == "success", vm.check("journalctl --no-pager -o cat -u %s -n 30",
                                                               PROBE_UNIT + ".service")
     values = prom_values(vm.check("cat %s", PROBE_PROM))
@@ -236,10 +228,10 @@ def test_scan_service_reports_damage_planted_in_private_storage(vm, scenario):
     assert deleted["status"] == 202
 
     started = int(vm.check("date +%s"))
-    result, outcome = start_and_wait(vm, SCAN_UNIT + ".service")
+    result, outcome = vm.start_and_wait(SCAN_UNIT + ".service")
     # Findings are exit 1, which the unit accepts (docker_registry_scan_fail_on_findings: false).
     assert result.rc == 0 and outcome == "success"
-    assert unit_property(vm, SCAN_UNIT + ".service", "ExecMainStatus") == "1"
+    assert vm.unit_property(SCAN_UNIT + ".service", "ExecMainStatus") == "1"
 
     report = json.loads(vm.check("cat %s", REPORT))
     orphan_links = {(f["registry"], f["repo"], f["digest"]) for f in report["blob_scan"]["orphan_layer_links"]}
@@ -269,7 +261,7 @@ def test_gc_skips_a_registry_whose_lock_another_writer_holds(vm, scenario):
                       timeout=20, interval=1)
         since = vm.check("date '+%Y-%m-%d %H:%M:%S'").strip()
         time.sleep(1)
-        _result, outcome = start_and_wait(vm, GC_UNIT + ".service")
+        _result, outcome = vm.start_and_wait(GC_UNIT + ".service")
         log = vm.check("journalctl --no-pager -o cat -u %s --since %s", GC_UNIT + ".service", since)
         assert outcome != "success", log
         assert "%s: its lock (flock on %s) is held" % (scenario.private_name, locked) in log
@@ -291,9 +283,9 @@ def test_scan_of_a_registry_that_is_not_there_fails_the_unit(vm, scenario):
     path = "%s/%s" % (scenario.data_dir, name)
     vm.check("mv %s %s.away", path, path)
     try:
-        _result, outcome = start_and_wait(vm, SCAN_UNIT + ".service")
+        _result, outcome = vm.start_and_wait(SCAN_UNIT + ".service")
         assert outcome != "success"
-        assert unit_property(vm, SCAN_UNIT + ".service", "ExecMainStatus") == "2"
+        assert vm.unit_property(SCAN_UNIT + ".service", "ExecMainStatus") == "2"
         values = prom_values(vm.check("cat %s", PROM))
         assert values["regwarden_scan_success"] == 0
         assert values['regwarden_scan_registry_scanned{registry="%s"}' % name] == 0
@@ -301,6 +293,6 @@ def test_scan_of_a_registry_that_is_not_there_fails_the_unit(vm, scenario):
         assert name in report["incomplete_registries"]
     finally:
         vm.check("mv %s.away %s", path, path)
-    _result, outcome = start_and_wait(vm, SCAN_UNIT + ".service")
+    _result, outcome = vm.start_and_wait(SCAN_UNIT + ".service")
     assert outcome == "success"
-    assert unit_property(vm, SCAN_UNIT + ".service", "ExecMainStatus") in ("0", "1")
+    assert vm.unit_property(SCAN_UNIT + ".service", "ExecMainStatus") in ("0", "1")

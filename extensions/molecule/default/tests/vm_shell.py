@@ -13,6 +13,14 @@ class VMShell:
         """host.run with every argument shell-quoted (testinfra wants strings: use %s only)."""
         return self.host.run(command, *[str(arg) for arg in args])
 
+    def unit_property(self, unit, name):
+        return self.check("systemctl show --property %s --value %s", name, unit).strip()
+
+    def start_and_wait(self, unit, timeout=600):
+        """`systemctl start` of a oneshot unit returns when it finished: (the run, the unit's Result)."""
+        result = self.run("timeout %s systemctl start %s", timeout, unit)
+        return result, self.unit_property(unit, "Result")
+
     def check(self, command, *args):
         result = self.run(command, *args)
         assert result.rc == 0, "%s failed (%d): %s %s" % (result.command, result.rc, result.stdout, result.stderr)

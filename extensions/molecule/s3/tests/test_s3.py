@@ -34,9 +34,6 @@ with open(sys.argv[2], "w") as out:
 """
 
 
-def unit_property(vm, unit, name):
-    return vm.check("systemctl show --property %s --value %s", name, unit).strip()
-
 
 def prom_values(text):
     return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
@@ -142,8 +139,8 @@ def test_maintenance_cycle_on_s3_keeps_pulls_going(vm):
     # The GC unit pulls tag cleanup in first (read-only replicas), then GC, Redis flush, writable, scan.
     result = vm.run("timeout 900 systemctl start %s", GC_UNIT)
     log = vm.check("journalctl --no-pager -o cat -u %s -u %s -n 80", CLEANUP_UNIT, GC_UNIT)
-    assert result.rc == 0 and unit_property(vm, GC_UNIT, "Result") == "success", log
-    assert unit_property(vm, CLEANUP_UNIT, "Result") == "success", log
+    assert result.rc == 0 and vm.unit_property(GC_UNIT, "Result") == "success", log
+    assert vm.unit_property(CLEANUP_UNIT, "Result") == "success", log
     assert "registry-private-2: readonly" in log and "registry-private-2: writable" in log, log
     cycle_seconds = time.monotonic() - started
     time.sleep(max(0, 3 - cycle_seconds))
@@ -174,12 +171,12 @@ def test_maintenance_cycle_on_s3_keeps_pulls_going(vm):
 
 
 def test_the_scan_reads_the_bucket_and_the_probe_is_clean(vm):
-    vm.wait_until("the scan queued by GC", lambda: unit_property(vm, SCAN_UNIT, "ActiveState") in ("inactive", "failed")
-                  and unit_property(vm, SCAN_UNIT, "ExecMainStartTimestampMonotonic") not in ("", "0"), timeout=300)
-    assert unit_property(vm, SCAN_UNIT, "Result") == "success"
-    assert "--s3-config %s --s3-registries private" % S3_SETTINGS in unit_property(vm, SCAN_UNIT, "ExecStart")
+    vm.wait_until("the scan queued by GC", lambda: vm.unit_property(SCAN_UNIT, "ActiveState") in ("inactive", "failed")
+                  and vm.unit_property(SCAN_UNIT, "ExecMainStartTimestampMonotonic") not in ("", "0"), timeout=300)
+    assert vm.unit_property(SCAN_UNIT, "Result") == "success"
+    assert "--s3-config %s --s3-registries private" % S3_SETTINGS in vm.unit_property(SCAN_UNIT, "ExecStart")
     result = vm.run("timeout 600 systemctl start %s", SCAN_UNIT)
-    assert result.rc == 0 and unit_property(vm, SCAN_UNIT, "Result") == "success"
+    assert result.rc == 0 and vm.unit_property(SCAN_UNIT, "Result") == "success"
     report = json.loads(vm.check("cat %s", SCAN_REPORT))
     assert report["incomplete_registries"] == [] and report["scan_errors"] == []
     assert report["blob_scan"]["registries"] == ["private"]
@@ -193,7 +190,7 @@ def test_the_scan_reads_the_bucket_and_the_probe_is_clean(vm):
 
     result = vm.run("timeout 600 systemctl start %s", PROBE_UNIT)
     probe = json.loads(vm.check("cat %s", PROBE_REPORT))
-    assert result.rc == 0 and unit_property(vm, PROBE_UNIT, "Result") == "success", probe
+    assert result.rc == 0 and vm.unit_property(PROBE_UNIT, "Result") == "success", probe
     assert probe["unfetchable"] == [] and probe["counts"]["findings"] == 0, probe
     assert probe["counts"]["repositories"] >= 5, probe
 
