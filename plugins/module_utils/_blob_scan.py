@@ -10,7 +10,13 @@ import time
 
 from ansible_collections.regwarden.registry.plugins.module_utils import _driver
 from ansible_collections.regwarden.registry.plugins.module_utils._fs_view import LINK_OK_STATE
-from ansible_collections.regwarden.registry.plugins.module_utils._repository import record_registry, walk_registry
+from ansible_collections.regwarden.registry.plugins.module_utils._manifest import InvalidManifest
+from ansible_collections.regwarden.registry.plugins.module_utils._repository import (
+    ManifestCache,
+    UnreadableManifest,
+    record_registry,
+    walk_registry,
+)
 from ansible_collections.regwarden.registry.plugins.module_utils._storage import (
     BLOB_GONE_STATES,
     BLOB_UNREADABLE,
@@ -19,6 +25,7 @@ from ansible_collections.regwarden.registry.plugins.module_utils._storage import
     EMPTY_SHA256,
     LINK_INVALID,
     LINK_MISSING,
+    LINK_OK,
     LINK_UNREADABLE,
     NotRegularFile,
     digest_of,
@@ -146,7 +153,7 @@ class BlobScanner:
             if linked is not None:
                 linked.update(bytes.fromhex(entry) for entry, state in states.items() if state == LINK_OK_STATE)
         if linked is not None:
-            self.capacity.add_repository(repo_name, linked, repo.upload_entries())
+            self.capacity.add_repository(repo_name, linked, repo.upload_entries(), self.capacity.untagged_of(repo))
 
     def finish(self):
         """Add this registry's zero-byte blobs, digest scrub, summary and scan errors to the result."""
@@ -247,17 +254,66 @@ class BlobScanner:
 
 class _Capacity:
     """Where a registry's bytes are: blob data per repository (unique to it or shared), blobs no
-    repository links (plain garbage-collect frees at least these), and abandoned uploads."""
+    repository links (plain garbage-collect frees at least these), manifests no tag reaches (what
+    tag cleanup's delete_untagged and a GC would free), and abandoned uploads."""
 
     def __init__(self, blobs):
         self.blobs = blobs
         blobs.keep_sizes()
+        self.manifests = ManifestCache.of(blobs)
         self.repos = {}  # repository -> set of 32-byte digests it links (layers and revisions)
         self.uploads = {}  # repository -> [(bytes, start time or None)]
+        # repository -> (manifests no tag reaches, 32-byte digests only they use there), None: not known
+        self.untagged = {}
 
-    def add_repository(self, repo_name, linked, uploads):
+    def add_repository(self, repo_name, linked, uploads, untagged=None):
         self.repos[repo_name] = linked
         self.uploads[repo_name] = uploads
+        self.untagged[repo_name] = untagged
+
+    def untagged_of(self, repo):
+        """(manifests with a revision link that no tag reaches, directly or through an index at any depth;
+        the blobs, manifests included, that only those use in the repository), or None when something a
+        tag reaches cannot be read (what it protects is not known)."""
+        tags = repo.read_tags()
+        repo.load_revisions()
+        if repo.tags_unreadable or repo.revisions_unreadable or any(
+                link.state == LINK_UNREADABLE for link in tags.values()):
+            return None
+        linked = {hex_digest for hex_digest, (state, _reason) in repo.revisions.items() if state == LINK_OK}
+        reached = self._reached({link.target for link in tags.values() if link.state == LINK_OK})
+        if reached is None:
+            return None
+        untagged = linked - reached
+        if not untagged:
+            return 0, frozenset()
+        # Everything a tag reaches keeps its blobs, children without a revision link (awaiting repair) too.
+        still_used = self._blobs_of(reached) | reached
+        freed = (self._blobs_of(untagged) | untagged) - still_used
+        return len(untagged), frozenset(bytes.fromhex(hex_digest) for hex_digest in freed)
+
+    def _reached(self, roots):
+        reached = set()
+        stack = sorted(roots)
+        while stack:
+            hex_digest = stack.pop()
+            if hex_digest in reached:
+                continue
+            reached.add(hex_digest)
+            manifest = self.manifests.get(hex_digest)
+            if isinstance(manifest, (InvalidManifest, UnreadableManifest)):
+                return None
+            if manifest is not ManifestCache.GONE and manifest.is_index:
+                stack.extend(manifest.child_digests)
+        return reached
+
+    def _blobs_of(self, manifests):
+        used = set()
+        for hex_digest in manifests:
+            manifest = self.manifests.get(hex_digest)
+            if hasattr(manifest, "blobs"):
+                used.update(blob for blob, _kind in manifest.blobs)
+        return used
 
     def _size(self, hex_digest):
         """Bytes of a blob's data, None when it is not there (or could not be judged)."""
@@ -292,6 +348,7 @@ class _Capacity:
             linked_bytes = sum(sizes[key] for key in present)
             unique_bytes = sum(sizes[key] for key in present if owners[key] == 1)
             uploads = self.uploads.get(repo_name, [])
+            untagged = self.untagged.get(repo_name)
             repositories[repo_name] = {
                 "linked_blobs": len(present),
                 "linked_bytes": linked_bytes,
@@ -299,6 +356,10 @@ class _Capacity:
                 "shared_bytes": linked_bytes - unique_bytes,
                 "uploads": len(uploads),
                 "upload_bytes": sum(size for size, _started in uploads),
+                # Freed by delete_untagged + GC: only what no other repository links either.
+                "untagged_manifests": untagged[0] if untagged is not None else None,
+                "untagged_bytes": sum(sizes.get(key, 0) for key in untagged[1] if owners.get(key) == 1)
+                if untagged is not None else None,
             }
         blob_count = blob_bytes = unlinked_count = unlinked_bytes = 0
         for hex_digest in self.blobs.iter_all():
@@ -312,9 +373,14 @@ class _Capacity:
                 unlinked_bytes += size
         uploads = [entry for entries in self.uploads.values() for entry in entries]
         started = [when for _size, when in uploads if when is not None]
+        known = [figures for figures in repositories.values() if figures["untagged_manifests"] is not None]
         return {
             "blobs": blob_count,
             "blob_bytes": blob_bytes,
+            "untagged_manifests": sum(figures["untagged_manifests"] for figures in known),
+            "untagged_bytes": sum(figures["untagged_bytes"] for figures in known),
+            # Repositories whose untagged figures are not known (something a tag reaches unreadable).
+            "untagged_unknown_repositories": len(repositories) - len(known),
             "unlinked_blobs": unlinked_count,
             "unlinked_bytes": unlinked_bytes,
             "uploads": len(uploads),

@@ -359,6 +359,10 @@ _CAPACITY_REGISTRY_METRICS = (
     ("uploads", "regwarden_capacity_uploads", "Unfinished upload sessions (_uploads)."),
     ("oldest_upload_age_seconds", "regwarden_capacity_oldest_upload_age_seconds",
      "Age of the oldest unfinished upload."),
+    ("untagged_manifests", "regwarden_capacity_untagged_manifests",
+     "Manifests with a revision link that no tag reaches (directly or through an index)."),
+    ("untagged_bytes", "regwarden_capacity_untagged_bytes",
+     "Bytes tag cleanup's delete_untagged and a garbage-collect would free (what only those manifests use)."),
 )
 
 

@@ -277,6 +277,7 @@ class FsRepository:
         self._layers_complete = False  # _layer_links holds every layer link there is
         self.layers_unreadable = False
         self.tags_unreadable = False
+        self._tags_read = None  # (with times, {tag: TagLink}) once read
 
     def close(self):
         close_fd(self._layers_fd)
@@ -441,6 +442,13 @@ class FsRepository:
         return os.path.join(self.layers_dir, hex_digest, "link")
 
     def read_tags(self, with_updated=False):
+        """{tag: TagLink} of the repository, read once per walk whichever scanners ask (a problem met is
+        reported once); a read without times serves a later call that wants them only by reading again."""
+        if self._tags_read is None or (with_updated and not self._tags_read[0]):
+            self._tags_read = (with_updated, self._read_tags(with_updated))
+        return self._tags_read[1]
+
+    def _read_tags(self, with_updated):
         """{tag: TagLink} for every tag directory of the repository.
 
         A tag directory that is a symlink (the registry would follow it and serve the tag) or
@@ -504,6 +512,7 @@ class BlobStore:
     _REFUSED = -1
 
     def __init__(self, name, v2_fd, v2_root, errors):
+        self.manifest_cache = None  # the walk's ManifestCache (_repository.ManifestCache.of)
         self.name = name
         self.errors = errors
         self.root = os.path.join(v2_root, "blobs", "sha256")

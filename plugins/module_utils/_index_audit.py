@@ -171,7 +171,7 @@ class IndexAuditor:
         self.errors = errors
         self.result = result
         self.writer = writer
-        self.cache = ManifestCache(blobs)
+        self.cache = ManifestCache.of(blobs)
         # One platform dict per distinct platform, shared by the findings (pull-through caches
         # can have tens of thousands of by-design orphan children).
         self.platforms = {}

@@ -42,6 +42,16 @@ class ManifestCache:
         self.blobs = blobs
         self._parsed = {}  # 32-byte digest -> Manifest / InvalidManifest / GONE
 
+    @classmethod
+    def of(cls, blobs):
+        """The one cache of ``blobs`` (a registry's blob store, open for one walk), kept on it: every
+        scanner of the walk reads and parses a manifest once between them."""
+        if blobs is None:
+            return cls(blobs)  # a registry that holds nothing: nothing is ever read
+        if blobs.manifest_cache is None:
+            blobs.manifest_cache = cls(blobs)
+        return blobs.manifest_cache
+
     def get(self, hex_digest):
         """A Manifest, an InvalidManifest, or GONE when the blob data is not there."""
         key = bytes.fromhex(hex_digest)

@@ -658,6 +658,7 @@ class S3Repository:
         self.objects = {"layer": set(), "revision": set()}
         self.tag_entries = {}  # tag -> (size, mtime) of current/link, or (None, None): a tag without one
         self.tag_etags = {}  # tag -> ETag of current/link (the link cache's key)
+        self._tags_read = None  # (with times, {tag: TagLink}) once read
         self.tag_contents = {}
         self.uploads = 0
         self.upload_sessions = {}  # upload id -> [bytes of data, start time (startedat's LastModified)]
@@ -833,6 +834,13 @@ class S3Repository:
         return self.link_path("layer", hex_digest)
 
     def read_tags(self, with_updated=False):
+        """{tag: TagLink} of the repository, read once per walk whichever scanners ask (a problem met is
+        reported once); a read without times serves a later call that wants them only by reading again."""
+        if self._tags_read is None or (with_updated and not self._tags_read[0]):
+            self._tags_read = (with_updated, self._read_tags(with_updated))
+        return self._tags_read[1]
+
+    def _read_tags(self, with_updated):
         """{tag: TagLink} for every tag of the repository (current links fetched for the whole registry)."""
         from ansible_collections.regwarden.registry.plugins.module_utils._fs_view import TagLink
         self.view.fetch_tags()
@@ -863,6 +871,7 @@ class S3BlobStore:
     through the local cache, prefetched in parallel the first time one is read)."""
 
     def __init__(self, view):
+        self.manifest_cache = None  # the walk's ManifestCache (_repository.ManifestCache.of)
         self.view = view
         self.name = view.name
         self.errors = view.errors

@@ -215,7 +215,7 @@ class TagCleaner:
         self.policies = policies
         self.delete_untagged = delete_untagged
         self.cutoff = cutoff
-        self.cache = ManifestCache(blobs)
+        self.cache = ManifestCache.of(blobs)
         self.counts = {"repositories": 0, "tags": 0, "kept_tags": 0, "removed_tags": 0, "removed_revisions": 0,
                        "removed_layer_links": 0}
         if records is not None:

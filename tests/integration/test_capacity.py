@@ -6,6 +6,7 @@ repository are unlinked; an unfinished upload is counted; both backends agree.""
 from __future__ import annotations
 
 import os
+import shutil
 import time
 
 import pytest
@@ -95,6 +96,7 @@ def test_capacity_on_a_filesystem_matches_what_the_registry_serves(filesystem_re
                       "--report", str(tmp_path / "scan.json"), "--prom", str(prom)]) == _cli.EXIT_CLEAN
     text = prom.read_text()
     assert 'regwarden_capacity_unlinked_bytes{registry="private"} %d' % sum(gone_blobs.values()) in text
+    assert 'regwarden_capacity_untagged_manifests{registry="private"} 0' in text
     assert ('regwarden_capacity_repository_bytes{registry="private",repository="team/b",sharing="shared"} %d'
             % len(BASE_LAYER.data)) in text
 
@@ -134,3 +136,48 @@ def test_capacity_in_a_bucket_matches_the_filesystem(tmp_path):
     # The s3 driver keeps an unfinished upload's bytes in a multipart upload, which no listing shows:
     # the session is counted (its startedat), its bytes are not.
     check(figures, expected, gone_blobs, upload_bytes=0)
+
+
+def test_untagged_figures_are_what_delete_untagged_and_gc_free(tmp_path):
+    """A tag moved to a new push leaves the old image untagged; an index's children are reached through
+    it. The figures say what tag cleanup's delete_untagged and then the real garbage-collect free: the
+    bytes the blob data shrinks by are exactly ``untagged_bytes``."""
+    from ansible_collections.regwarden.registry.plugins.module_utils._tag_cleanup import cleanup_tags
+    from tests.support.oci import make_multiarch
+
+    with Registry("private", tmp_path / "data", tmp_path) as registry:
+        client = RegistryClient(registry.url)
+        old = make_image("untagged-old", layers=2, base_layers=[BASE_LAYER])
+        new = make_image("untagged-new", layers=1, base_layers=[BASE_LAYER])
+        client.push("team/app", old, "latest")
+        client.push("team/app", new, "latest")  # the old image: no tag reaches it any more
+        index = make_multiarch("untagged-index")
+        client.push("team/app", index, "multi")
+        client.push("team/other", old, "kept")  # the old image is still tagged elsewhere
+
+        figures = scan_blobs(str(tmp_path / "data"), capacity=True)["capacity"]["private"]
+        app = figures["repositories"]["team/app"]
+        # One manifest (the old image) no tag reaches; the index's children are reached through it.
+        assert app["untagged_manifests"] == 1
+        # team/other still links the old image's blobs: nothing of them would be freed.
+        assert app["untagged_bytes"] == 0
+        assert figures["repositories"]["team/other"]["untagged_manifests"] == 0
+
+        # Without the other tag, the old image's own blobs (not the shared base) are what GC frees.
+        registry.stop()
+        shutil.rmtree(registry.v2 / "repositories" / "team" / "other")  # the repository deleted
+        figures = scan_blobs(str(tmp_path / "data"), capacity=True)["capacity"]["private"]
+        app = figures["repositories"]["team/app"]
+        own = {blob.digest: blob.size for blob in old.blobs if blob.digest != BASE_LAYER.digest}
+        own[old.digest] = old.size
+        assert app["untagged_manifests"] == 1 and app["untagged_bytes"] == sum(own.values())
+        assert figures["untagged_bytes"] == app["untagged_bytes"]
+
+        cleanup_tags(str(tmp_path / "data"), keep=10, delete_untagged=True, grace_period=0)
+        registry.garbage_collect()
+        after = scan_blobs(str(tmp_path / "data"), capacity=True)["capacity"]["private"]
+        assert figures["blob_bytes"] - after["blob_bytes"] == figures["untagged_bytes"] + figures["unlinked_bytes"]
+        assert after["untagged_manifests"] == 0 and after["untagged_bytes"] == 0
+        registry.start()
+        for tag in ("latest", "multi"):
+            assert client.pull("team/app", tag).ok

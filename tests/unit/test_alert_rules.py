@@ -89,7 +89,8 @@ def test_every_alert_expression_uses_only_metrics_the_cli_writes(prom_files):
             "regwarden_gc_blobs_marked", "regwarden_gc_blobs_deleted", "regwarden_gc_manifests_deleted",
             "regwarden_gc_bytes_freed", "regwarden_capacity_blob_bytes", "regwarden_capacity_blobs",
             "regwarden_capacity_unlinked_bytes", "regwarden_capacity_unlinked_blobs", "regwarden_capacity_upload_bytes",
-            "regwarden_capacity_uploads", "regwarden_capacity_repository_bytes"} == written
+            "regwarden_capacity_uploads", "regwarden_capacity_repository_bytes",
+            "regwarden_capacity_untagged_manifests", "regwarden_capacity_untagged_bytes"} == written
     alerts = {rule["alert"]: rule["expr"] for rule in rules()}
     assert set(alerts) == EXPECTED_ALERTS
     for alert, expr in alerts.items():

@@ -91,11 +91,20 @@ def test_default_scope_audits_only_the_private_registry(generated):
     assert index == audit_indexes(generated["path"])
 
 
-def test_each_link_read_and_each_blob_stated_once(generated, monkeypatch):
+@pytest.mark.parametrize("capacity", [False, True], ids=["scans", "with-capacity"])
+def test_each_link_read_and_each_blob_stated_once(generated, monkeypatch, capacity):
+    """With capacity too, which reads every tag and the manifests tags reach: still once each, the
+    audit in the same walk reads none of them again."""
     reads = collections.Counter()
     stats = collections.Counter()
+    manifests = collections.Counter()
     original_read = _fs_view.read_link_at
     original_stat = _fs_view.BlobStore._stat
+    original_blob_read = _fs_view.BlobStore.read
+
+    def counting_blob_read(self, hex_digest, limit):
+        manifests[(self.name, hex_digest)] += 1
+        return original_blob_read(self, hex_digest, limit)
 
     def counting_read(dir_fd, rel_path, expected_hex):
         reads[os.path.join(os.readlink("/proc/self/fd/%d" % dir_fd), rel_path)] += 1
@@ -107,11 +116,14 @@ def test_each_link_read_and_each_blob_stated_once(generated, monkeypatch):
 
     monkeypatch.setattr(_fs_view, "read_link_at", counting_read)
     monkeypatch.setattr(_fs_view.BlobStore, "_stat", counting_stat)
+    monkeypatch.setattr(_fs_view.BlobStore, "read", counting_blob_read)
     # One process, so the counting wrappers see every call (each registry is one process's anyway).
-    _storage_scan.scan_storage(generated["path"], index_registries=generated["registries"], processes=1)
-    assert len(reads) > 1000 and len(stats) > 500
+    _storage_scan.scan_storage(generated["path"], index_registries=generated["registries"], processes=1,
+                               capacity=capacity)
+    assert len(reads) > 1000 and len(stats) > 500 and len(manifests) > 100
     assert max(reads.values()) == 1, reads.most_common(3)
     assert max(stats.values()) == 1, stats.most_common(3)
+    assert max(manifests.values()) == 1, manifests.most_common(3)
 
 
 def test_unknown_registry_is_a_clear_error(generated):
