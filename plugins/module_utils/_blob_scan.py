@@ -288,8 +288,8 @@ class _Capacity:
         if not untagged:
             return 0, frozenset()
         # Everything a tag reaches keeps its blobs, children without a revision link (awaiting repair) too.
-        still_used = self._blobs_of(reached) | reached
-        freed = (self._blobs_of(untagged) | untagged) - still_used
+        still_used = self.manifests.blobs_of(reached) | reached
+        freed = (self.manifests.blobs_of(untagged) | untagged) - still_used
         return len(untagged), frozenset(bytes.fromhex(hex_digest) for hex_digest in freed)
 
     def _reached(self, roots):
@@ -306,14 +306,6 @@ class _Capacity:
             if manifest is not ManifestCache.GONE and manifest.is_index:
                 stack.extend(manifest.child_digests)
         return reached
-
-    def _blobs_of(self, manifests):
-        used = set()
-        for hex_digest in manifests:
-            manifest = self.manifests.get(hex_digest)
-            if hasattr(manifest, "blobs"):
-                used.update(blob for blob, _kind in manifest.blobs)
-        return used
 
     def _size(self, hex_digest):
         """Bytes of a blob's data, None when it is not there (or could not be judged)."""

@@ -31,6 +31,7 @@ from ansible_collections.regwarden.registry.plugins.module_utils._tag_cleanup im
     TagCleaner,
     finish_result,
     new_result,
+    writer_setup,
 )
 
 
@@ -121,12 +122,7 @@ def evict_cache(storage, registry, max_size, pull_records=None, check_mode=False
     """
     if not isinstance(max_size, int) or isinstance(max_size, bool) or max_size < 0:
         raise ScanError("max_size must be a whole number of bytes, 0 or more (got %r)" % (max_size,))
-    if not isinstance(grace_period, int) or isinstance(grace_period, bool) or grace_period < 0:
-        raise ScanError("grace_period must be a whole number of seconds, 0 or more (got %r)" % (grace_period,))
-    now = time.time() if now is None else now
-    cutoff = now - grace_period
-    mode = _driver.mode_of(True, check_mode)
-    storage = _driver.as_storage(storage)
+    storage, mode, now, cutoff = writer_setup(storage, check_mode, grace_period, now)
 
     def work(name, location, _active):
         result = new_result()

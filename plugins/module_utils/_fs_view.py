@@ -38,6 +38,7 @@ from ansible_collections.regwarden.registry.plugins.module_utils._storage import
     BlobTooLarge,
     ScanError,
     SymlinkRefused,
+    TagsReadOnce,
     close_fd,
     is_hex_digest,
     is_utf8,
@@ -253,7 +254,7 @@ def _repository_children(path, fd, errors, top=False):
     return not top and not REPO_MARKERS.isdisjoint(names), children
 
 
-class FsRepository:
+class FsRepository(TagsReadOnce):
     """Link state of one repository, read lazily and at most once per link.
 
     When the blob scan walks the same repository first (one process running both scans),
@@ -277,7 +278,6 @@ class FsRepository:
         self._layers_complete = False  # _layer_links holds every layer link there is
         self.layers_unreadable = False
         self.tags_unreadable = False
-        self._tags_read = None  # (with times, {tag: TagLink}) once read
 
     def close(self):
         close_fd(self._layers_fd)
@@ -440,13 +440,6 @@ class FsRepository:
 
     def layer_path(self, hex_digest):
         return os.path.join(self.layers_dir, hex_digest, "link")
-
-    def read_tags(self, with_updated=False):
-        """{tag: TagLink} of the repository, read once per walk whichever scanners ask (a problem met is
-        reported once); a read without times serves a later call that wants them only by reading again."""
-        if self._tags_read is None or (with_updated and not self._tags_read[0]):
-            self._tags_read = (with_updated, self._read_tags(with_updated))
-        return self._tags_read[1]
 
     def _read_tags(self, with_updated):
         """{tag: TagLink} for every tag directory of the repository.

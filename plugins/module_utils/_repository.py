@@ -52,6 +52,15 @@ class ManifestCache:
             blobs.manifest_cache = cls(blobs)
         return blobs.manifest_cache
 
+    def blobs_of(self, manifests):
+        """Hex digests of the configs and layers the readable ones of ``manifests`` reference."""
+        used = set()
+        for hex_digest in manifests:
+            manifest = self.get(hex_digest)
+            if hasattr(manifest, "blobs"):
+                used.update(blob for blob, _kind in manifest.blobs)
+        return used
+
     def get(self, hex_digest):
         """A Manifest, an InvalidManifest, or GONE when the blob data is not there."""
         key = bytes.fromhex(hex_digest)

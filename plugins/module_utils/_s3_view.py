@@ -42,6 +42,7 @@ from ansible_collections.regwarden.registry.plugins.module_utils._storage import
     REPO_MARKERS,
     BlobTooLarge,
     ScanError,
+    TagsReadOnce,
     classify_link_content,
     is_hex_digest,
 )
@@ -637,7 +638,7 @@ class S3LinkListing:
         return self.repo.link_state(self.kind, name)
 
 
-class S3Repository:
+class S3Repository(TagsReadOnce):
     """Link state of one repository, all from the registry's listing (see _fs_view.FsRepository)."""
 
     revisions_unreadable = False
@@ -658,7 +659,6 @@ class S3Repository:
         self.objects = {"layer": set(), "revision": set()}
         self.tag_entries = {}  # tag -> (size, mtime) of current/link, or (None, None): a tag without one
         self.tag_etags = {}  # tag -> ETag of current/link (the link cache's key)
-        self._tags_read = None  # (with times, {tag: TagLink}) once read
         self.tag_contents = {}
         self.uploads = 0
         self.upload_sessions = {}  # upload id -> [bytes of data, start time (startedat's LastModified)]
@@ -832,13 +832,6 @@ class S3Repository:
 
     def layer_path(self, hex_digest):
         return self.link_path("layer", hex_digest)
-
-    def read_tags(self, with_updated=False):
-        """{tag: TagLink} of the repository, read once per walk whichever scanners ask (a problem met is
-        reported once); a read without times serves a later call that wants them only by reading again."""
-        if self._tags_read is None or (with_updated and not self._tags_read[0]):
-            self._tags_read = (with_updated, self._read_tags(with_updated))
-        return self._tags_read[1]
 
     def _read_tags(self, with_updated):
         """{tag: TagLink} for every tag of the repository (current links fetched for the whole registry)."""

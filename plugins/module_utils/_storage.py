@@ -298,3 +298,16 @@ def iter_link_dirs(dir_fd):
     with os.scandir(dir_fd) as it:
         for entry in it:
             yield entry.name, entry.is_dir(follow_symlinks=False), entry.is_symlink()
+
+
+class TagsReadOnce:
+    """A repository view's ``read_tags``: read once per walk whichever scanners ask (a problem met is
+    reported once); a read without times serves a later call that wants them only by reading again.
+    The view provides ``_read_tags(with_updated)``."""
+
+    _tags_read = None  # (with times, {tag: TagLink}) once read
+
+    def read_tags(self, with_updated=False):
+        if self._tags_read is None or (with_updated and not self._tags_read[0]):
+            self._tags_read = (with_updated, self._read_tags(with_updated))
+        return self._tags_read[1]

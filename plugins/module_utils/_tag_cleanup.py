@@ -148,6 +148,15 @@ def finish_result(result, mode):
     return result
 
 
+def writer_setup(storage, check_mode, grace_period, now=None):
+    """(backend, mode, start of the run, cutoff) of a run that unlinks: nothing written after the cutoff
+    (``grace_period`` seconds before the start, a push in flight) is removed."""
+    if not isinstance(grace_period, int) or isinstance(grace_period, bool) or grace_period < 0:
+        raise ScanError("grace_period must be a whole number of seconds, 0 or more (got %r)" % (grace_period,))
+    now = time.time() if now is None else now
+    return _driver.as_storage(storage), _driver.mode_of(True, check_mode), now, now - grace_period
+
+
 def cleanup_tags(storage, keep, include=None, exclude=None, rules=None, registries=DEFAULT_REGISTRIES,
                  delete_untagged=False, check_mode=False, grace_period=DEFAULT_GRACE_PERIOD, processes=None,
                  allow_incomplete=False, max_findings=_driver.DEFAULT_MAX_FINDINGS, now=None, pushed_within=None,
@@ -167,12 +176,7 @@ def cleanup_tags(storage, keep, include=None, exclude=None, rules=None, registri
     if uses_pulls and not pull_records:
         raise ScanError("pulled_within and keep_last_pulled need pull_records (the directory of the pull records "
                         "the role's nginx log is folded into)")
-    if not isinstance(grace_period, int) or isinstance(grace_period, bool) or grace_period < 0:
-        raise ScanError("grace_period must be a whole number of seconds, 0 or more (got %r)" % (grace_period,))
-    now = time.time() if now is None else now
-    cutoff = now - grace_period
-    mode = _driver.mode_of(True, check_mode)
-    storage = _driver.as_storage(storage)
+    storage, mode, now, cutoff = writer_setup(storage, check_mode, grace_period, now)
 
     def work(name, location, _active):
         result = new_result()
@@ -340,8 +344,8 @@ class TagCleaner:
             return [], []
         # Kept manifests without a revision link (orphan children awaiting repair) keep their blobs too.
         remaining = (linked - set(untagged)) | keep
-        still_used = self._blobs_of(remaining) | remaining
-        freed = (self._blobs_of(untagged) | set(untagged)) - still_used
+        still_used = self.cache.blobs_of(remaining) | remaining
+        freed = (self.cache.blobs_of(untagged) | set(untagged)) - still_used
         return untagged, sorted(freed)
 
     def _recent_revisions(self, repo, candidates):
@@ -357,14 +361,6 @@ class TagCleaner:
                 if mtime is None or mtime > self.cutoff:
                     recent.add(hex_digest)  # an unknown time counts as recent: never removed
         return recent
-
-    def _blobs_of(self, manifests):
-        used = set()
-        for hex_digest in manifests:
-            manifest = self.cache.get(hex_digest)
-            if hasattr(manifest, "blobs"):
-                used.update(blob for blob, _kind in manifest.blobs)
-        return used
 
     def _remove_tags(self, repo_name, repo, tags, doomed):
         if not doomed:
