@@ -8,7 +8,7 @@ Used by the registry_blob_scan module and by the scanner CLI on the registry VM.
 import os
 import time
 
-from ansible_collections.regwarden.registry.plugins.module_utils import _driver
+from ansible_collections.regwarden.registry.plugins.module_utils import _driver, _pull_records
 from ansible_collections.regwarden.registry.plugins.module_utils._fs_view import LINK_OK_STATE
 from ansible_collections.regwarden.registry.plugins.module_utils._manifest import InvalidManifest
 from ansible_collections.regwarden.registry.plugins.module_utils._repository import (
@@ -28,6 +28,7 @@ from ansible_collections.regwarden.registry.plugins.module_utils._storage import
     LINK_OK,
     LINK_UNREADABLE,
     NotRegularFile,
+    ScanError,
     digest_of,
     is_hex_digest,
 )
@@ -53,22 +54,29 @@ def new_result():
 
 
 def scan_blobs(storage, registries=None, remove_orphans=False, verify_digests=False, check_mode=False,
-               processes=None, allow_incomplete=False, max_findings=_driver.DEFAULT_MAX_FINDINGS, capacity=False):
+               processes=None, allow_incomplete=False, max_findings=_driver.DEFAULT_MAX_FINDINGS, capacity=False,
+               pull_records=None):
     """Scan the registries of ``storage`` (a filesystem path or a backend); see the registry_blob_scan
     module for the result.
 
     ``processes``: registries scanned at once (default: the usable CPUs, see _parallel).
     ``allow_incomplete`` False: IncompleteScan when a registry could not be scanned whole.
-    ``capacity``: also the capacity figures of every registry (result key ``capacity``).
+    ``capacity``: also the capacity figures of every registry (result key ``capacity``), with each
+    repository's last pull from the pull records under ``pull_records`` when given.
     """
+    if pull_records and not capacity:
+        raise ScanError("pull_records adds the last pulls to the capacity figures: it needs capacity")
     mode = _driver.mode_of(remove_orphans, check_mode)
     storage = _driver.as_storage(storage)
 
     def work(name, location, _active):
         return [scan_registry(storage, name, location, mode, verify_digests, capacity)]
 
-    return _driver.run_analyses(storage, [(analysis(mode), registries)], work, processes, allow_incomplete,
-                                max_findings)[0]
+    result = _driver.run_analyses(storage, [(analysis(mode), registries)], work, processes, allow_incomplete,
+                                  max_findings)[0]
+    if pull_records:
+        _pull_records.annotate_capacity(result["capacity"], pull_records)
+    return result
 
 
 def scan_registry(storage, name, location, mode=_driver.REPORT, verify_digests=False, capacity=False):

@@ -71,6 +71,8 @@ def parse_args(argv):
     scan.add_argument("--capacity", action="store_true",
                       help="also where the bytes are: blob data per registry and repository (unique and shared), "
                            "blobs no repository links, abandoned uploads")
+    scan.add_argument("--pull-records", help="with --capacity: each repository's last pull from the pull records "
+                                             "in this directory (pull-record's --state-dir)")
     scan.add_argument("--report", help="write the JSON report here (atomically)")
     scan.add_argument("--prom", help="write Prometheus textfile metrics here (atomically)")
 
@@ -248,6 +250,12 @@ def run_scan(args):
     for more_blob, more_index in results[1:]:
         blob = _merge_scans(blob, more_blob, _blob_scan.analysis().finish_result)
         index = _merge_scans(index, more_index, _index_audit.analysis().finish_result)
+    if args.pull_records:
+        if not args.capacity:
+            raise CommandError("--pull-records adds the last pulls to the capacity figures: it needs --capacity")
+        from ansible_collections.regwarden.registry.plugins.module_utils import _pull_records
+
+        _pull_records.annotate_capacity(blob["capacity"], args.pull_records)
     storage = parts[0][0]
     report_path = storage.describe() if storage.kind == "s3" else os.path.abspath(args.path)
     return {
@@ -376,12 +384,26 @@ def _capacity_lines(capacity):
               "(the %d largest repositories of each registry)." % CAPACITY_TOP_REPOSITORIES,
               "# TYPE regwarden_capacity_repository_bytes gauge"]
     for name, figures in sorted(capacity.items()):
-        largest = sorted(figures["repositories"].items(), key=lambda item: (-item[1]["linked_bytes"], item[0]))
-        for repo, repo_figures in largest[:CAPACITY_TOP_REPOSITORIES]:
+        for repo, repo_figures in _largest(figures):
             for kind in ("unique", "shared"):
                 lines.append('regwarden_capacity_repository_bytes{registry="%s",repository="%s",sharing="%s"} %d'
                              % (_escape_label(name), _escape_label(repo), kind, repo_figures[kind + "_bytes"]))
+    pulled = [(name, repo, repo_figures["last_pulled"]) for name, figures in sorted(capacity.items())
+              for repo, repo_figures in _largest(figures) if repo_figures.get("last_pulled") is not None]
+    if pulled:
+        # With the sizes above: the largest repositories nobody pulls any more.
+        lines += ["# HELP regwarden_capacity_repository_last_pull_timestamp_seconds When a manifest of the repository "
+                  "was last pulled (the %d largest repositories of each registry, from the pull records)."
+                  % CAPACITY_TOP_REPOSITORIES,
+                  "# TYPE regwarden_capacity_repository_last_pull_timestamp_seconds gauge"]
+        lines += ['regwarden_capacity_repository_last_pull_timestamp_seconds{registry="%s",repository="%s"} %d'
+                  % (_escape_label(name), _escape_label(repo), when) for name, repo, when in pulled]
     return lines
+
+
+def _largest(figures):
+    return sorted(figures["repositories"].items(),
+                  key=lambda item: (-item[1]["linked_bytes"], item[0]))[:CAPACITY_TOP_REPOSITORIES]
 
 
 def _write_report(path, payload):

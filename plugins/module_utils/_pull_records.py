@@ -332,3 +332,16 @@ class _locked:
 
     def __exit__(self, *exc_info):
         os.close(self.fd)
+
+
+def annotate_capacity(capacity, state_dir):
+    """Add the last pulls to capacity figures ({registry: figures}, _blob_scan): per repository
+    ``last_pulled`` (epoch seconds, None: no pull recorded), per registry ``pull_records_complete_since``
+    (None: no records for it; the absence of a pull says something only after that time).
+    Records that exist but cannot be read are a ScanError."""
+    for name, figures in capacity.items():
+        records = load(state_dir, name) if os.path.lexists(state_path(state_dir, name)) else None
+        figures["pull_records_complete_since"] = records.complete_since if records is not None else None
+        for repo, repo_figures in figures.get("repositories", {}).items():
+            repo_figures["last_pulled"] = records.repository_pulled(repo) if records is not None else None
+    return capacity

@@ -16,13 +16,15 @@ def main():
         remove_orphans=dict(type="bool", default=False),
         verify_digests=dict(type="bool", default=False),
         capacity=dict(type="bool", default=False),
+        pull_records=dict(type="path"),
     )
     params = module.params
     common.run_and_exit(
         module, "registry_blob_scan",
         lambda: scan_blobs(common.storage_of(params), registries=params["registries"],
                            remove_orphans=params["remove_orphans"], verify_digests=params["verify_digests"],
-                           capacity=params["capacity"], **common.scan_options(module)),
+                           capacity=params["capacity"], pull_records=params["pull_records"],
+                           **common.scan_options(module)),
         count_findings, params["fail_on_findings"],
         lambda result: common.lines_diff("orphan layer links", removed=result["removed_links"]))
 

@@ -92,9 +92,19 @@ def test_capacity_on_a_filesystem_matches_what_the_registry_serves(filesystem_re
 
     # The VM's scan writes them as textfile metrics.
     prom = tmp_path / "scan.prom"
+    records = tmp_path / "pulls"
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "private.log").write_text(
+        '{"t":"1796300000.000","m":"GET","s":"200","u":"/v2/team/b/manifests/v1"}\n')
+    assert _cli.main(["pull-record", "--registries", "private", "--log-dir", str(tmp_path / "logs"),
+                      "--state-dir", str(records)]) == _cli.EXIT_CLEAN
     assert _cli.main(["scan", "--path", str(data), "--capacity", "--index-registries", "",
+                      "--pull-records", str(records),
                       "--report", str(tmp_path / "scan.json"), "--prom", str(prom)]) == _cli.EXIT_CLEAN
     text = prom.read_text()
+    assert ('regwarden_capacity_repository_last_pull_timestamp_seconds{registry="private",repository="team/b"} '
+            '1796300000') in text
+    assert 'repository="team/a"} ' not in text.split("regwarden_capacity_repository_last_pull")[-1]
     assert 'regwarden_capacity_unlinked_bytes{registry="private"} %d' % sum(gone_blobs.values()) in text
     assert 'regwarden_capacity_untagged_manifests{registry="private"} 0' in text
     assert ('regwarden_capacity_repository_bytes{registry="private",repository="team/b",sharing="shared"} %d'

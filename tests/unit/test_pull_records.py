@@ -188,3 +188,21 @@ def test_a_log_truncated_in_place_is_a_gap(dirs):
     fold(dirs, now=1500.0)
     records = load(dirs)
     assert records.complete_since == 1500.0 and records.tag_pulled("a", "v2") == 1400.0
+
+
+def test_capacity_figures_get_each_repositorys_last_pull(dirs):
+    logs, state = dirs
+    append(logs, line("/v2/team/app/manifests/v1", 100) + line("/v2/team/app/manifests/" + DIGEST, 300))
+    fold(dirs, now=50.0)
+    capacity = {"private": {"repositories": {"team/app": {}, "team/idle": {}}},
+                "hub": {"repositories": {"library/x": {}}}}
+    _pull_records.annotate_capacity(capacity, str(state))
+    assert capacity["private"]["pull_records_complete_since"] == 50.0
+    assert capacity["private"]["repositories"]["team/app"]["last_pulled"] == 300.0
+    assert capacity["private"]["repositories"]["team/idle"]["last_pulled"] is None
+    # No records for that registry: nothing known, not an error.
+    assert capacity["hub"]["pull_records_complete_since"] is None
+    assert capacity["hub"]["repositories"]["library/x"]["last_pulled"] is None
+    (state / "hub.json").write_text("[]")
+    with pytest.raises(ScanError, match=r"pull records .*hub\.json are damaged"):
+        _pull_records.annotate_capacity(capacity, str(state))

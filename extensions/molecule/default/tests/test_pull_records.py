@@ -5,7 +5,7 @@ max_size shrinks under it in the GC cycle while what it keeps still pulls."""
 import json
 import time
 
-from conftest import GC_UNIT, UPSTREAM_CONTAINER, UPSTREAM_URL, unique
+from conftest import GC_UNIT, SCAN_UNIT, UPSTREAM_CONTAINER, UPSTREAM_URL, unique
 
 RECORDS_DIR = "/var/lib/regwarden/pulls"
 LOG_DIR = "/var/log/regwarden/pulls"
@@ -92,7 +92,9 @@ def test_one_gc_cycle_keeps_the_last_pulled_tag_and_brings_a_cache_under_its_bou
         pushed[tag] = vm.client("push-image", "--registry", url, "--repo", repo, "--tag", tag,
                                 "--seed", unique("seed"), auth=True)
         time.sleep(1.2)  # newest is by the tag link's mtime
+    pulled_at = time.time()
     vm.client("pull-image", "--registry", url, "--repo", repo, "--ref", "pulled", auth=True)
+    scanned_private = scenario.private_name
 
     # The bounded cache (max_size 200k) pulls three images of about 130 kB each, one after the other; then
     # the first one's manifest by digest: the most recently used by the pull records alone (its tag's
@@ -146,3 +148,14 @@ def test_one_gc_cycle_keeps_the_last_pulled_tag_and_brings_a_cache_under_its_bou
         vm.wait_upstream()
     assert pulled["manifest_digest"] == kept["manifest_digest"]
     assert all(blob["status"] == 200 and blob["digest"] == digest for digest, blob in pulled["blobs"].items())
+
+    # The scan the GC queued reads the pull records too: each repository's last pull in the capacity figures.
+    def stamp(unit, name):
+        return int(vm.unit_property(unit, name + "TimestampMonotonic") or 0)
+    scan = SCAN_UNIT + ".service"
+    gc_done = stamp(GC_UNIT + ".service", "InactiveEnter")
+    vm.wait_until("the scan GC queued", lambda: stamp(scan, "ExecMainStart") >= gc_done
+                  and vm.unit_property(scan, "ActiveState") in ("inactive", "failed"), timeout=300)
+    capacity = json.loads(vm.check("cat /var/lib/regwarden/scan.json"))["blob_scan"]["capacity"]
+    assert capacity[scanned_private]["repositories"][repo]["last_pulled"] >= pulled_at - 1
+    assert capacity[scanned_private]["pull_records_complete_since"] is not None
