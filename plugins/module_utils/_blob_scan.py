@@ -5,6 +5,7 @@
 Used by the registry_blob_scan module and by the scanner CLI on the registry VM.
 """
 
+import collections
 import os
 import time
 
@@ -260,6 +261,12 @@ class BlobScanner:
         return True
 
 
+# What the capacity walk keeps of one repository: the 32-byte digests it links (layers and revisions),
+# its unfinished uploads [(bytes, start time or None)], and (manifests no tag reaches, digests only they
+# use there) or None when that is not known.
+RepositoryCapacity = collections.namedtuple("RepositoryCapacity", "linked uploads untagged")
+
+
 class _Capacity:
     """Where a registry's bytes are: blob data per repository (unique to it or shared), blobs no
     repository links (plain garbage-collect frees at least these), manifests no tag reaches (what
@@ -269,15 +276,10 @@ class _Capacity:
         self.blobs = blobs
         blobs.keep_sizes()
         self.manifests = ManifestCache.of(blobs)
-        self.repos = {}  # repository -> set of 32-byte digests it links (layers and revisions)
-        self.uploads = {}  # repository -> [(bytes, start time or None)]
-        # repository -> (manifests no tag reaches, 32-byte digests only they use there), None: not known
-        self.untagged = {}
+        self.repos = {}  # repository -> RepositoryCapacity
 
     def add_repository(self, repo_name, linked, uploads, untagged=None):
-        self.repos[repo_name] = linked
-        self.uploads[repo_name] = uploads
-        self.untagged[repo_name] = untagged
+        self.repos[repo_name] = RepositoryCapacity(linked, uploads, untagged)
 
     def untagged_of(self, repo):
         """(manifests with a revision link that no tag reaches, directly or through an index at any depth;
@@ -324,7 +326,7 @@ class _Capacity:
     def owners(self):
         """{32-byte digest: how many repositories link it}."""
         owners = {}
-        for linked in self.repos.values():
+        for linked, _uploads, _untagged in self.repos.values():
             for key in linked:
                 owners[key] = owners.get(key, 0) + 1
         return owners
@@ -343,12 +345,10 @@ class _Capacity:
         owners = self.owners()
         sizes = self.sizes(owners)
         repositories = {}
-        for repo_name, linked in sorted(self.repos.items()):
+        for repo_name, (linked, uploads, untagged) in sorted(self.repos.items()):
             present = [key for key in linked if key in sizes]
             linked_bytes = sum(sizes[key] for key in present)
             unique_bytes = sum(sizes[key] for key in present if owners[key] == 1)
-            uploads = self.uploads.get(repo_name, [])
-            untagged = self.untagged.get(repo_name)
             repositories[repo_name] = {
                 "linked_blobs": len(present),
                 "linked_bytes": linked_bytes,
@@ -371,7 +371,7 @@ class _Capacity:
             if bytes.fromhex(hex_digest) not in owners:
                 unlinked_count += 1
                 unlinked_bytes += size
-        uploads = [entry for entries in self.uploads.values() for entry in entries]
+        uploads = [entry for repo in self.repos.values() for entry in repo.uploads]
         started = [when for _size, when in uploads if when is not None]
         known = [figures for figures in repositories.values() if figures["untagged_manifests"] is not None]
         return {

@@ -56,7 +56,7 @@ class _Survey(BlobScanner):
         tags = repo.read_tags(with_updated=True)
         if repo.tags_unreadable or any(link.state != LINK_OK for link in tags.values()):
             self.unreadable.add(repo_name)  # the eviction would skip it whole: count it as staying
-        if not tags and not self.capacity.repos.get(repo_name):
+        if not tags and not self.capacity.repos[repo_name].linked:
             return  # nothing left to evict (evicted before, emptied by GC): not a candidate
         times = [link.updated for link in tags.values() if link.updated is not None]
         if self.records is not None:
@@ -81,7 +81,7 @@ class _Survey(BlobScanner):
             if repo in self.unreadable or (used is not None and used > cutoff):
                 continue
             freed = 0
-            for key in capacity.repos.get(repo, ()):
+            for key in capacity.repos[repo].linked:
                 owners[key] -= 1
                 if owners[key] == 0:
                     freed += sizes.get(key, 0)

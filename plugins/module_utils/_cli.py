@@ -217,33 +217,37 @@ def run_scan(args):
     expected = _names(args.expect_registries) or []
     wanted = _names(args.registries)
     index_names = _names(args.index_registries) or []
-    parts = []  # (storage, registries it holds or None for all, whether the others are excluded)
-    if s3_names:
+
+    def scan(storage, blob_registries, holds):
+        """One storage's scan: ``blob_registries`` (None: all there), the index registries it ``holds``."""
+        if blob_registries == []:
+            return []
+        return [scan_storage(storage, blob_registries=blob_registries,
+                             index_registries=[name for name in index_names if holds(name)],
+                             verify_digests=args.verify_digests, allow_incomplete=True,
+                             max_findings=args.max_findings, capacity=args.capacity)]
+
+    def every(storage, excluded):
+        """Every registry there, and the expected ones whether there or not (missing is an error)."""
+        present = {name for name, _location in storage.select(None)[0]}
+        return sorted((present | set(expected)) - excluded)
+
+    if not s3_names:
+        storage = as_storage(storage_from_args(args))
+        results = scan(storage, wanted if wanted is not None else (every(storage, set()) if expected else None),
+                       lambda name: True)
+        parts = [storage]
+    else:
         from ansible_collections.regwarden.registry.plugins.module_utils._s3_view import S3Storage
 
-        parts.append((as_storage(args.path), None, set(s3_names)))
-        parts.append((S3Storage(read_s3_config(args.s3_config)), set(s3_names), set()))
-    else:
-        parts.append((as_storage(storage_from_args(args)), None, set()))
-    results = []
-    for storage, held, excluded in parts:
-        if wanted is not None:
-            blob_registries = [name for name in wanted if name not in excluded and (held is None or name in held)]
-        elif held is not None:
-            blob_registries = sorted(held)
-        elif expected or excluded:
-            # Every registry there, and the expected ones whether there or not (missing is an error).
-            present = {name for name, _location in storage.select(None)[0]}
-            blob_registries = sorted((present | set(expected)) - excluded)
-        else:
-            blob_registries = None
-        if blob_registries == []:
-            continue
-        results.append(scan_storage(storage, blob_registries=blob_registries,
-                                    index_registries=[name for name in index_names if name not in excluded
-                                                      and (held is None or name in held)],
-                                    verify_digests=args.verify_digests, allow_incomplete=True,
-                                    max_findings=args.max_findings, capacity=args.capacity))
+        in_s3 = set(s3_names)
+        filesystem, bucket = as_storage(args.path), S3Storage(read_s3_config(args.s3_config))
+        parts = [filesystem, bucket]
+        # The filesystem part without the S3 registries, the S3 part with exactly those.
+        results = scan(filesystem, [name for name in wanted if name not in in_s3] if wanted is not None
+                       else every(filesystem, in_s3), lambda name: name not in in_s3)
+        results += scan(bucket, [name for name in wanted if name in in_s3] if wanted is not None else sorted(in_s3),
+                        lambda name: name in in_s3)
     if not results:
         raise CommandError("nothing to scan: every registry named is excluded")
     blob, index = results[0]
@@ -256,12 +260,12 @@ def run_scan(args):
         from ansible_collections.regwarden.registry.plugins.module_utils import _pull_records
 
         _pull_records.annotate_capacity(blob["capacity"], args.pull_records)
-    storage = parts[0][0]
+    storage = parts[0]
     report_path = storage.describe() if storage.kind == "s3" else os.path.abspath(args.path)
     return {
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "path": report_path,
-        **({"s3": parts[1][0].describe()} if s3_names else {}),
+        **({"s3": parts[1].describe()} if s3_names else {}),
         "findings": _blob_scan.count_findings(blob, include_errors=False)
         + _index_audit.count_findings(index, include_errors=False),
         "scan_errors": sorted({_error_key(e): e for e in blob["scan_errors"] + index["scan_errors"]}.values(),
