@@ -695,6 +695,11 @@ def command_pull_record(args):
             _say(sys.stderr, "regwarden pull-record: %s" % exc)
             status = EXIT_ERROR
             continue
+        except OSError as exc:  # the state directory: not writable, the disk full
+            _say(sys.stderr, "regwarden pull-record: registry %s: cannot keep its records in %s: %s"
+                 % (name, args.state_dir, exc.strerror or exc))
+            status = EXIT_ERROR
+            continue
         _say(sys.stdout, json.dumps(done, sort_keys=True))
     return status
 

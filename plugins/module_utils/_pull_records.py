@@ -62,7 +62,7 @@ def parse_line(line):
     but a 200 to a GET or HEAD of a manifest, or not a line nginx wrote in LOG_FORMAT)."""
     try:
         record = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past Python's limit: no line nginx writes either
         return None
     if not isinstance(record, dict) or record.get("m") not in ("GET", "HEAD") or record.get("s") != "200":
         return None
@@ -220,7 +220,6 @@ def _read_lines(fd, offset, records, counts):
             counts["pulls"] += 1
         if len(pending) > MAX_LINE_BYTES:
             # A line this long is no pull record: skip to its end (its bytes count as read).
-            offset += len(pending)
             pending = b""
             counts["skipped"] += 1
             _skip_to_newline(fd)

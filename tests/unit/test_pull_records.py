@@ -206,3 +206,24 @@ def test_capacity_figures_get_each_repositorys_last_pull(dirs):
     (state / "hub.json").write_text("[]")
     with pytest.raises(ScanError, match=r"pull records .*hub\.json are damaged"):
         _pull_records.annotate_capacity(capacity, str(state))
+
+
+def test_a_line_nested_past_pythons_limit_is_skipped_not_a_crash(dirs):
+    """8 KiB of '[' is within the line bound; json.loads raises RecursionError on it, which once
+    stopped every fold at that line for good."""
+    logs, _state = dirs
+    append(logs, "[" * 8000 + "\n" + line("/v2/a/manifests/v1", 100))
+    result = fold(dirs)
+    assert (result["pulls"], result["skipped"]) == (1, 1)
+
+
+def test_a_state_directory_that_cannot_be_written_is_a_clear_error(dirs, capsys):
+    from ansible_collections.regwarden.registry.plugins.module_utils import _cli
+
+    logs, state = dirs
+    append(logs, line("/v2/a/manifests/v1", 100))
+    state.write_text("a file, not a directory")
+    code = _cli.main(["pull-record", "--registries", "private", "--log-dir", str(logs), "--state-dir", str(state)])
+    err = capsys.readouterr().err
+    assert code == _cli.EXIT_ERROR
+    assert "registry private: cannot keep its records in %s" % state in err and "Traceback" not in err
